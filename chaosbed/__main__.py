@@ -1,0 +1,3 @@
+from chaosbed.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,86 @@
+"""`chaosbed` command line: thin dispatch to the modules that do the work.
+
+Exit codes: 0 pass · 1 an objective failed · 2 unknown · 3 harness error · 64 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+EXIT_PASS, EXIT_FAIL, EXIT_UNKNOWN, EXIT_HARNESS, EXIT_USAGE = 0, 1, 2, 3, 64
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        print(f"chaosbed: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="chaosbed", description="Chaos and observability testbed for payment flows"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    up = sub.add_parser("up", help="start the local stack (services behind Toxiproxy) until Ctrl-C")
+    up.add_argument("--observe", action="store_true", help="also start Prometheus and Jaeger")
+    up.add_argument("--runs-dir", default="runs", help="where the run directory is created")
+    up.add_argument("--bugs", default="", help="planted bugs to switch on (comma separated)")
+
+    run = sub.add_parser("run", help="run a chaos scenario and (with --slo) gate on it")
+    run.add_argument("scenario", help="scenario name (faults/scenarios/NAME.yaml) or a path")
+    run.add_argument("--slo", help="SLO file to gate on (exit code reflects the verdict)")
+    run.add_argument(
+        "--workers", type=int, default=0, help="Locust worker processes (0 = in the master)"
+    )
+    run.add_argument("--baseline", help="a previous run directory to compare against")
+    run.add_argument("--attach", help="use a running stack described by this stack.json")
+    run.add_argument("--observe", action="store_true", help="also start Prometheus and Jaeger")
+    run.add_argument("--runs-dir", default="runs", help="where the run directory is created")
+    run.add_argument("--bugs", default="", help="planted bugs to switch on (comma separated)")
+
+    check = sub.add_parser("check", help="evaluate an SLO file against a finished run")
+    check.add_argument("run_dir")
+    check.add_argument("--slo", required=True)
+    check.add_argument("--baseline", help="a previous run directory to compare against")
+
+    report = sub.add_parser("report", help="rebuild result.json, junit.xml and reports of a run")
+    report.add_argument("run_dir")
+    report.add_argument("--slo", help="SLO file (default: the one recorded in the run)")
+    report.add_argument("--baseline", help="a previous run directory to compare against")
+
+    sub.add_parser("scenarios", help="list the shipped scenarios")
+    sub.add_parser("dashboards", help="regenerate the Grafana dashboard JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "up":
+        from chaosbed.stack import cmd_up
+
+        return cmd_up(args)
+    if args.command == "run":
+        from chaosbed.run import cmd_run
+
+        return cmd_run(args)
+    if args.command == "scenarios":
+        from chaosbed.run import cmd_scenarios
+
+        return cmd_scenarios(args)
+    if args.command == "check":
+        from slos.gate import cmd_check
+
+        return cmd_check(args)
+    if args.command == "report":
+        from slos.gate import cmd_report
+
+        return cmd_report(args)
+    if args.command == "dashboards":
+        from dashboards.build import cmd_dashboards
+
+        return cmd_dashboards(args)
+    raise AssertionError(args.command)

@@ -1,0 +1,122 @@
+"""The one run-directory writer: `runs/<UTC yyyymmddTHHMMSSZ>-<name>/` and its json/ndjson files."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TextIO
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class RunDirError(ValueError):
+    """A run directory name or file is not usable."""
+
+
+def run_dir_name(name: str, *, now: datetime | None = None) -> str:
+    if not _NAME.match(name):
+        raise RunDirError(
+            f"run name {name!r} must be 1-64 characters of letters, digits, '_', '.', '-'"
+        )
+    stamp = (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{name}"
+
+
+def create_run_dir(runs_dir: Path | str, name: str, *, now: datetime | None = None) -> Path:
+    """Create and return a fresh run directory; a second run in the same second gets `-2`, `-3`."""
+    base = Path(runs_dir)
+    base.mkdir(parents=True, exist_ok=True)
+    stem = run_dir_name(name, now=now)
+    for attempt in range(1, 1000):
+        candidate = base / (stem if attempt == 1 else f"{stem}-{attempt}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate
+    raise RunDirError(f"could not create a run directory for {stem} in {base}")
+
+
+def write_json(path: Path | str, data: Any) -> Path:
+    """Write `data` as indented JSON atomically (temp file + rename): readers never see half."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    os.replace(tmp, target)
+    return target
+
+
+def read_json(path: Path | str) -> Any:
+    target = Path(path)
+    try:
+        return json.loads(target.read_text())
+    except FileNotFoundError:
+        raise RunDirError(f"{target} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise RunDirError(f"{target} is not valid JSON: {exc}") from None
+
+
+def write_ndjson(path: Path | str, records: Iterable[Mapping[str, Any]]) -> Path:
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    with tmp.open("w") as out:
+        for record in records:
+            out.write(json.dumps(record, default=str) + "\n")
+    os.replace(tmp, target)
+    return target
+
+
+def read_ndjson(path: Path | str) -> list[dict[str, Any]]:
+    return list(iter_ndjson(path))
+
+
+def iter_ndjson(path: Path | str) -> Iterator[dict[str, Any]]:
+    """Records of an NDJSON file; a torn last line (writer killed mid-line) is skipped."""
+    target = Path(path)
+    with target.open() as src:
+        lines = src.readlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError as exc:
+            if number == len(lines) and not line.endswith("\n"):
+                return
+            raise RunDirError(f"{target}:{number}: not valid JSON: {exc}") from None
+
+
+class NdjsonWriter:
+    """Append records one line at a time, flushed, safe to share between threads."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._out: TextIO = self.path.open("a")
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        line = json.dumps(record, default=str) + "\n"
+        with self._lock:
+            self._out.write(line)
+            self._out.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            self._out.close()
+
+    def __enter__(self) -> NdjsonWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

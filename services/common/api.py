@@ -1,0 +1,128 @@
+"""What every service's HTTP surface shares: errors, body limits, admin auth, exports.
+
+Routes stay thin: they parse, call the domain, and map domain errors to responses
+through `ApiError`.  Every error body is `{"error": <code>, "detail": <message>, ...}`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.common.settings import Settings
+
+
+class ApiError(Exception):
+    """An error with an HTTP status and a JSON body that says what is wrong."""
+
+    def __init__(self, status: int, error: str, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.error = error
+        self.detail = detail
+        self.extra = extra
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.error, "detail": self.detail, **self.extra}
+
+
+def _validation_body(exc: RequestValidationError) -> dict[str, Any]:
+    problems = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("body",)]
+        problems.append({"field": ".".join(loc) or "body", "message": err.get("msg", "")})
+    fields = ", ".join(p["field"] for p in problems)
+    return {"error": "invalid_request", "detail": f"invalid field(s): {fields}", "fields": problems}
+
+
+class BodyLimit:
+    """Pure ASGI guard: refuse bodies over `limit` bytes with 413 before the route runs."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await _send_json(send, 413, self._too_large())
+            return
+        seen = 0
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _BodyTooLarge:
+            await _send_json(send, 413, self._too_large())
+
+    def _too_large(self) -> dict[str, Any]:
+        return {"error": "body_too_large", "detail": f"request body over {self.limit} bytes"}
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _send_json(send: Send, status: int, body: Mapping[str, Any]) -> None:
+    payload = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
+def install_errors(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(_validation_body(exc), status_code=422)
+
+
+def admin_guard(settings: Settings) -> Callable[[Request], Awaitable[None]]:
+    """A dependency that refuses (401) requests without the stack's bearer token."""
+
+    async def require_admin(request: Request) -> None:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token, settings.admin_token):
+            raise ApiError(
+                401,
+                "unauthorized",
+                "admin endpoints need 'Authorization: Bearer <token>' from stack.json",
+            )
+
+    return require_admin
+
+
+def ndjson(records: Iterable[Mapping[str, Any]]) -> Response:
+    """The audit export format: one JSON object per line, each with a "type"."""
+    body = "".join(json.dumps(r, separators=(",", ":"), default=str) + "\n" for r in records)
+    return Response(body, media_type="application/x-ndjson")

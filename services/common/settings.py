@@ -1,0 +1,105 @@
+"""One settings object per service, read once from environment variables.
+
+Every knob has a CHAOSBED_* variable so the stack supervisor, docker-compose and a
+developer's shell configure the services the same way.  Times are in seconds and
+already compressed for test runs (a real shop would close unpaid orders after 15-30
+minutes; a chaos run has minutes in total).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from services.common.bugs import parse_bugs
+
+
+class SettingsError(ValueError):
+    """A CHAOSBED_* variable has a value the service cannot run with."""
+
+
+def _str(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def _float(name: str, default: float, *, minimum: float = 0.0) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number") from None
+    if value < minimum:
+        raise SettingsError(f"{name}={raw!r} must be >= {minimum}")
+    return value
+
+
+def _int(name: str, default: int, *, minimum: int = 0) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise SettingsError(f"{name}={raw!r} must be >= {minimum}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    service: str
+    host: str = "127.0.0.1"
+    port: int = 0
+    db_path: str = ":memory:"
+    admin_token: str = "dev-admin-token"
+    notify_secret: str = "dev-notify-secret"
+    bugs: frozenset[str] = field(default_factory=frozenset)
+    # upstreams (through Toxiproxy in a stack)
+    inventory_url: str = ""
+    channel_url: str = ""
+    notify_url: str = ""
+    # timing (seconds)
+    http_timeout_s: float = 2.0
+    query_after_s: float = 3.0
+    close_after_s: float = 20.0
+    reconcile_every_s: float = 3.0
+    worker_tick_s: float = 0.5
+    reservation_ttl_s: float = 60.0
+    sweep_every_s: float = 2.0
+    signature_tolerance_s: float = 300.0
+    time_scale: float = 0.01
+    retry_schedule: str = "wechat"
+    max_body_bytes: int = 64 * 1024
+
+    @classmethod
+    def from_env(cls, service: str) -> Settings:
+        return cls(
+            service=service,
+            host=_str("CHAOSBED_HOST", "127.0.0.1"),
+            port=_int("CHAOSBED_PORT", 0),
+            db_path=_str("CHAOSBED_DB", ":memory:"),
+            admin_token=_str("CHAOSBED_ADMIN_TOKEN", "dev-admin-token"),
+            notify_secret=_str("CHAOSBED_NOTIFY_SECRET", "dev-notify-secret"),
+            bugs=parse_bugs(os.environ.get("CHAOSBED_BUGS", "")),
+            inventory_url=_str("CHAOSBED_INVENTORY_URL", ""),
+            channel_url=_str("CHAOSBED_CHANNEL_URL", ""),
+            notify_url=_str("CHAOSBED_NOTIFY_URL", ""),
+            http_timeout_s=_float("CHAOSBED_HTTP_TIMEOUT_S", 2.0, minimum=0.01),
+            query_after_s=_float("CHAOSBED_QUERY_AFTER_S", 3.0),
+            close_after_s=_float("CHAOSBED_CLOSE_AFTER_S", 20.0),
+            reconcile_every_s=_float("CHAOSBED_RECONCILE_EVERY_S", 3.0, minimum=0.05),
+            worker_tick_s=_float("CHAOSBED_WORKER_TICK_S", 0.5, minimum=0.01),
+            reservation_ttl_s=_float("CHAOSBED_RESERVATION_TTL_S", 60.0, minimum=0.1),
+            sweep_every_s=_float("CHAOSBED_SWEEP_EVERY_S", 2.0, minimum=0.05),
+            signature_tolerance_s=_float("CHAOSBED_SIGNATURE_TOLERANCE_S", 300.0),
+            time_scale=_float("CHAOSBED_TIME_SCALE", 0.01, minimum=0.0),
+            retry_schedule=_str("CHAOSBED_RETRY_SCHEDULE", "wechat"),
+            max_body_bytes=_int("CHAOSBED_MAX_BODY_BYTES", 64 * 1024, minimum=256),
+        )
+
+    def bug(self, name: str) -> bool:
+        """True when the planted bug `name` is switched on (CHAOSBED_BUGS)."""
+        return name in self.bugs

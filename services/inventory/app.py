@@ -1,0 +1,265 @@
+"""Inventory HTTP API (TCC try / confirm / cancel, stock, audit export): thin routes.
+
+Every route is `async def` so store calls run on the event-loop thread, one at a
+time, as services.common.storage requires; only the planted bug awaits mid-try.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Path
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from services.common.api import ApiError, admin_guard, ndjson
+from services.common.server import base_app
+from services.common.settings import Settings
+from services.inventory import domain, metrics, workers
+from services.inventory.domain import ID_PATTERN, MAX_QTY, MAX_STOCK, MAX_TTL_S
+from services.inventory.store import InventoryStore, Reservation, State, Stock
+
+Id = Annotated[str, StringConstraints(pattern=ID_PATTERN, min_length=1, max_length=128)]
+Qty = Annotated[int, Field(ge=1, le=MAX_QTY)]
+PathId = Annotated[str, Path(pattern=ID_PATTERN, min_length=1, max_length=128)]
+
+_ERRORS: dict[type[domain.InventoryError], tuple[int, str]] = {
+    domain.UnknownSku: (404, "unknown_sku"),
+    domain.UnknownReservation: (404, "unknown_reservation"),
+    domain.OutOfStock: (409, "out_of_stock"),
+    domain.ReservationCancelled: (409, "reservation_cancelled"),
+    domain.ReservationConflict: (409, "reservation_conflict"),
+    domain.ReservationConfirmed: (409, "reservation_confirmed"),
+    domain.StockInUse: (409, "stock_in_use"),
+}
+
+
+def _api_error(exc: domain.InventoryError) -> ApiError:
+    status, code = _ERRORS[type(exc)]
+    return ApiError(status, code, str(exc))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ReserveRequest(_Strict):
+    order_id: Id
+    sku: Id
+    qty: Qty
+    ttl_s: Annotated[float, Field(gt=0, le=MAX_TTL_S)] | None = None
+
+
+class StockItem(_Strict):
+    sku: Id
+    qty: Annotated[int, Field(ge=0, le=MAX_STOCK)]
+
+
+class StockRequest(_Strict):
+    items: Annotated[list[StockItem], Field(min_length=1, max_length=1000)]
+
+    @model_validator(mode="after")
+    def _distinct_skus(self) -> StockRequest:
+        seen: set[str] = set()
+        for item in self.items:
+            if item.sku in seen:
+                raise ValueError(f"sku {item.sku!r} appears more than once in items")
+            seen.add(item.sku)
+        return self
+
+
+class ReservationOut(BaseModel):
+    order_id: str
+    sku: str
+    qty: int
+    state: State
+    t_try: float
+    t_end: float | None
+    ttl: float
+    cancel_reason: str | None
+
+    @classmethod
+    def of(cls, r: Reservation) -> ReservationOut:
+        return cls(**r.__dict__)
+
+
+class CancelOut(BaseModel):
+    order_id: str
+    state: State
+    empty_rollback: bool
+
+
+class StockOut(BaseModel):
+    sku: str
+    initial: int
+    available: int
+
+    @classmethod
+    def of(cls, s: Stock) -> StockOut:
+        return cls(sku=s.sku, initial=s.initial, available=s.available)
+
+
+class StockListOut(BaseModel):
+    items: list[StockOut]
+
+
+class FieldProblem(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorOut(BaseModel):
+    error: str
+    detail: str
+    fields: list[FieldProblem] | None = None
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the JSON errors a route can answer."""
+    return {s: {"model": ErrorOut} for s in statuses}
+
+
+NDJSON = "application/x-ndjson"
+
+
+class NdjsonResponse(Response):
+    media_type = NDJSON
+
+
+def create_app(settings: Settings, *, seed_stock: Mapping[str, int] | None = None) -> FastAPI:
+    """The inventory service; `seed_stock` adds skus that do not exist yet."""
+    store = InventoryStore.open(settings.db_path)
+    if seed_stock:
+        domain.seed_missing_stock(store, seed_stock)
+    metrics.observe_store(store)
+    check_then_act = settings.bug("stock-check-then-act")
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        sweeper = asyncio.create_task(workers.sweep_forever(store, settings.sweep_every_s))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+
+    app = base_app(
+        settings,
+        title="chaosbed inventory",
+        description="TCC stock reservations: try, confirm, cancel; TTL sweeper; audit export.",
+        lifespan=lifespan,
+    )
+    app.state.store = store
+    admin = [Depends(admin_guard(settings))]
+
+    @app.post(
+        "/reservations",
+        response_model=ReservationOut,
+        responses=_errors(404, 409, 413, 422),
+        tags=["tcc"],
+    )
+    async def reserve(body: ReserveRequest) -> ReservationOut:
+        """TCC try, idempotent by order id."""
+        ttl_s = body.ttl_s if body.ttl_s is not None else settings.reservation_ttl_s
+        try:
+            if check_then_act:
+                reservation = await domain.try_reserve_check_then_act(
+                    store, body.order_id, body.sku, body.qty, ttl_s=ttl_s
+                )
+            else:
+                reservation = domain.try_reserve(
+                    store, body.order_id, body.sku, body.qty, ttl_s=ttl_s
+                )
+        except domain.InventoryError as exc:
+            raise _api_error(exc) from exc
+        return ReservationOut.of(reservation)
+
+    @app.post(
+        "/reservations/{order_id}/confirm",
+        response_model=ReservationOut,
+        responses=_errors(404, 409, 422),
+        tags=["tcc"],
+    )
+    async def confirm(order_id: PathId) -> ReservationOut:
+        """TCC confirm, idempotent."""
+        try:
+            return ReservationOut.of(domain.confirm(store, order_id))
+        except domain.InventoryError as exc:
+            raise _api_error(exc) from exc
+
+    @app.post(
+        "/reservations/{order_id}/cancel",
+        response_model=CancelOut,
+        responses=_errors(409, 422),
+        tags=["tcc"],
+    )
+    async def cancel(order_id: PathId) -> CancelOut:
+        """TCC cancel, idempotent; before any try it leaves a tombstone (empty rollback)."""
+        try:
+            outcome = domain.cancel(store, order_id)
+        except domain.InventoryError as exc:
+            raise _api_error(exc) from exc
+        return CancelOut(
+            order_id=outcome.order_id, state=outcome.state, empty_rollback=outcome.empty_rollback
+        )
+
+    @app.get(
+        "/reservations/{order_id}",
+        response_model=ReservationOut,
+        responses=_errors(404, 422),
+        tags=["tcc"],
+    )
+    async def get_reservation(order_id: PathId) -> ReservationOut:
+        reservation = store.reservation(order_id)
+        if reservation is None:
+            raise _api_error(domain.UnknownReservation(order_id))
+        return ReservationOut.of(reservation)
+
+    @app.get("/stock", response_model=StockListOut, tags=["stock"])
+    async def list_stock() -> StockListOut:
+        return StockListOut(items=[StockOut.of(s) for s in store.all_stock()])
+
+    @app.get("/stock/{sku}", response_model=StockOut, responses=_errors(404, 422), tags=["stock"])
+    async def get_stock(sku: PathId) -> StockOut:
+        stock = store.stock(sku)
+        if stock is None:
+            raise _api_error(domain.UnknownSku(sku))
+        return StockOut.of(stock)
+
+    @app.put(
+        "/admin/stock",
+        response_model=StockListOut,
+        responses=_errors(401, 409, 413, 422),
+        dependencies=admin,
+        tags=["admin"],
+    )
+    async def put_stock(body: StockRequest) -> StockListOut:
+        """Set initial = available = qty for skus that have no reservations yet."""
+        try:
+            seeded = domain.seed_stock(store, {item.sku: item.qty for item in body.items})
+        except domain.InventoryError as exc:
+            raise _api_error(exc) from exc
+        return StockListOut(items=[StockOut.of(s) for s in seeded])
+
+    @app.get(
+        "/audit/export",
+        response_class=NdjsonResponse,
+        responses={
+            200: {
+                "description": "stock, reservation, tombstone and event records, one per line",
+                "content": {NDJSON: {"schema": {"type": "string"}}},
+            },
+            **_errors(401),
+        },
+        dependencies=admin,
+        tags=["admin"],
+    )
+    async def audit_export() -> Response:
+        return ndjson(store.export_records())
+
+    return app

@@ -1,0 +1,40 @@
+"""Background work of the inventory: the TTL sweeper that releases abandoned tries."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from opentelemetry.trace import SpanKind
+
+from services.common import storage
+from services.common.telemetry import linked_span
+from services.inventory import domain
+from services.inventory.metrics import SWEEPER_CANCELLATIONS
+from services.inventory.store import InventoryStore
+
+log = logging.getLogger("chaosbed.inventory.sweeper")
+
+
+def sweep_once(store: InventoryStore) -> int:
+    """One sweep in its own span; returns how many reservations it cancelled."""
+    with linked_span("inventory.sweep", None, kind=SpanKind.INTERNAL) as span:
+        swept = domain.sweep(store, storage.now())
+        span.set_attribute("chaosbed.swept", len(swept))
+    if swept:
+        SWEEPER_CANCELLATIONS.inc(len(swept))
+        log.info(
+            "sweeper cancelled expired tries",
+            extra={"fields": {"swept": len(swept), "order_ids": [r.order_id for r in swept][:20]}},
+        )
+    return len(swept)
+
+
+async def sweep_forever(store: InventoryStore, every_s: float) -> None:
+    """Sweep every `every_s` seconds until cancelled; a failed sweep is logged, not fatal."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            sweep_once(store)
+        except Exception:
+            log.exception("sweep failed; retrying next period")
