@@ -9,20 +9,25 @@ from __future__ import annotations
 
 import os
 import random
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from services.channel.fields import JSON_INT, JSON_NUMBER, JsonBool, Rate
 from services.channel.schedules import ScheduleName
 from services.common.settings import Settings, SettingsError
+
+# the retry schedule's multiplier: 0.01 turns WeChat's 15 s into 0.15 s
+TimeScale = Annotated[float, Field(gt=0.0, le=1000.0), JSON_NUMBER]
+
 
 class DelayRange(BaseModel):
     """Uniform delay in milliseconds before a notification's first attempt."""
 
     model_config = ConfigDict(extra="forbid")
 
-    min: int = Field(ge=0, le=600_000)
-    max: int = Field(ge=0, le=600_000)
+    min: Annotated[int, Field(ge=0, le=600_000), JSON_INT]
+    max: Annotated[int, Field(ge=0, le=600_000), JSON_INT]
 
     @model_validator(mode="after")
     def _ordered(self) -> DelayRange:
@@ -36,39 +41,26 @@ class Knobs(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    notify_duplicate_rate: float = Field(default=0.0, ge=0.0, le=1.0)
-    notify_drop_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    notify_duplicate_rate: Rate = 0.0
+    notify_drop_rate: Rate = 0.0
     notify_delay_ms: DelayRange = Field(default_factory=lambda: DelayRange(min=0, max=0))
-    notify_reorder: bool = False
-    forged_notify_rate: float = Field(default=0.0, ge=0.0, le=1.0)
-    pay_failure_rate: float = Field(default=0.0, ge=0.0, le=1.0)
-    accept_pay_after_close: bool = False
+    notify_reorder: JsonBool = False
+    forged_notify_rate: Rate = 0.0
+    pay_failure_rate: Rate = 0.0
+    accept_pay_after_close: JsonBool = False
     retry_schedule: ScheduleName = "wechat"
-    time_scale: float = Field(default=0.01, gt=0.0, le=1000.0)
+    time_scale: TimeScale = 0.01
 
 
-class KnobsUpdate(BaseModel):
-    """A partial update: only the knobs present change."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    notify_duplicate_rate: float | None = Field(default=None, ge=0.0, le=1.0)
-    notify_drop_rate: float | None = Field(default=None, ge=0.0, le=1.0)
-    notify_delay_ms: DelayRange | None = None
-    notify_reorder: bool | None = None
-    forged_notify_rate: float | None = Field(default=None, ge=0.0, le=1.0)
-    pay_failure_rate: float | None = Field(default=None, ge=0.0, le=1.0)
-    accept_pay_after_close: bool | None = None
-    retry_schedule: ScheduleName | None = None
-    time_scale: float | None = Field(default=None, gt=0.0, le=1000.0)
+def _without_defaults(schema: dict[str, Any]) -> None:
+    for prop in schema.get("properties", {}).values():
+        prop.pop("default", None)
 
 
-class KnobError(ValueError):
-    """A knob update was refused; `fields` says which knob and why."""
+class KnobsUpdate(Knobs):
+    """A partial update: only the knobs present in the body change (see `model_fields_set`)."""
 
-    def __init__(self, fields: list[dict[str, str]]) -> None:
-        self.fields = fields
-        super().__init__("invalid knob(s): " + ", ".join(f["field"] for f in fields))
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_without_defaults)
 
 
 def seed_from_env() -> int:
@@ -92,24 +84,16 @@ class Behaviour:
             knobs = Knobs(retry_schedule=settings.retry_schedule, time_scale=settings.time_scale)  # type: ignore[arg-type]
         except ValidationError as exc:
             problems = "; ".join(f"{e['loc'][0]}: {e['msg']}" for e in exc.errors())
-            raise SettingsError(f"CHAOSBED_RETRY_SCHEDULE / CHAOSBED_TIME_SCALE: {problems}") from None
+            raise SettingsError(
+                f"CHAOSBED_RETRY_SCHEDULE / CHAOSBED_TIME_SCALE: {problems}"
+            ) from None
         return cls(knobs, seed_from_env() if seed is None else seed)
 
     def update(self, change: KnobsUpdate) -> Knobs:
-        """Apply the knobs set in `change` all together, or none of them (KnobError)."""
-        given: dict[str, Any] = change.model_dump(exclude_unset=True)
-        nulls = [{"field": name, "message": "must not be null"} for name, v in given.items() if v is None]
-        if nulls:
-            raise KnobError(nulls)
-        merged = {**self.knobs.model_dump(), **given}
-        try:
-            knobs = Knobs.model_validate(merged)
-        except ValidationError as exc:
-            raise KnobError(
-                [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
-            ) from None
-        self.knobs = knobs
-        return knobs
+        """Apply the knobs given in `change` (already validated as a whole), keep the rest."""
+        given = {name: getattr(change, name) for name in change.model_fields_set}
+        self.knobs = self.knobs.model_copy(update=given)
+        return self.knobs
 
     def chance(self, rate: float) -> bool:
         """True with probability `rate` (never draws when the rate is 0, keeping replays stable)."""

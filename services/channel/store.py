@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS ledger (
     refund_id  TEXT UNIQUE
 );
 CREATE INDEX IF NOT EXISTS ledger_by_payment ON ledger(payment_id);
+CREATE INDEX IF NOT EXISTS ledger_by_txn ON ledger(txn_id);
 CREATE TRIGGER IF NOT EXISTS ledger_append_only_update BEFORE UPDATE ON ledger
 BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS ledger_append_only_delete BEFORE DELETE ON ledger
@@ -142,7 +143,9 @@ class ChannelStore:
     # payments
 
     def payment(self, payment_id: str) -> Payment | None:
-        row = self.conn.execute("SELECT * FROM payments WHERE payment_id = ?", (payment_id,)).fetchone()
+        row = self.conn.execute(
+            "SELECT * FROM payments WHERE payment_id = ?", (payment_id,)
+        ).fetchone()
         return Payment(**dict(row)) if row else None
 
     def payment_by_order(self, merchant_order_id: str) -> Payment | None:
@@ -168,7 +171,9 @@ class ChannelStore:
     # ledger
 
     def events(self, payment_id: str) -> list[LedgerEvent]:
-        cur = self.conn.execute("SELECT * FROM ledger WHERE payment_id = ? ORDER BY seq", (payment_id,))
+        cur = self.conn.execute(
+            "SELECT * FROM ledger WHERE payment_id = ? ORDER BY seq", (payment_id,)
+        )
         return [LedgerEvent(**dict(row)) for row in cur.fetchall()]
 
     def refund(self, refund_id: str) -> LedgerEvent | None:

@@ -10,11 +10,14 @@ them differently:
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from services.common.telemetry import observe_client
 
 _tracer = trace.get_tracer("chaosbed.http")
 
@@ -57,16 +60,20 @@ class ServiceClient:
         ) as span:
             carrier: dict[str, str] = dict(headers or {})
             propagate.inject(carrier)
+            started = time.perf_counter()
             try:
                 response = await self._client.request(
                     method, path, json=json, content=content, headers=carrier
                 )
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                observe_client(self.peer, method, None, time.perf_counter() - started)
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
                 raise Unreachable(f"{self.peer}: {type(exc).__name__}: {exc}") from exc
             except httpx.HTTPError as exc:
+                observe_client(self.peer, method, None, time.perf_counter() - started)
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
                 raise Ambiguous(f"{self.peer}: {type(exc).__name__}: {exc}") from exc
+            observe_client(self.peer, method, response.status_code, time.perf_counter() - started)
             span.set_attribute("http.response.status_code", response.status_code)
             if response.status_code >= 500:
                 span.set_status(Status(StatusCode.ERROR, str(response.status_code)))

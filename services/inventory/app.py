@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Path
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, StringConstraints
 
 from services.common.api import ApiError, admin_guard, ndjson
 from services.common.server import base_app
@@ -23,8 +23,18 @@ from services.inventory import domain, metrics, workers
 from services.inventory.domain import ID_PATTERN, MAX_QTY, MAX_STOCK, MAX_TTL_S
 from services.inventory.store import InventoryStore, Reservation, State, Stock
 
+
+def _json_integer(value: object) -> object:
+    """Accept what JSON calls an integer (7 or 7.0), refuse strings and booleans."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"Input should be an integer, got {type(value).__name__}")
+    return value
+
+
 Id = Annotated[str, StringConstraints(pattern=ID_PATTERN, min_length=1, max_length=128)]
-Qty = Annotated[int, Field(ge=1, le=MAX_QTY)]
+# constraints before the validator, or pydantic documents them as "ge"/"le", not JSON Schema
+Qty = Annotated[int, Strict(False), Field(ge=1, le=MAX_QTY), BeforeValidator(_json_integer)]
+StockQty = Annotated[int, Strict(False), Field(ge=0, le=MAX_STOCK), BeforeValidator(_json_integer)]
 PathId = Annotated[str, Path(pattern=ID_PATTERN, min_length=1, max_length=128)]
 
 _ERRORS: dict[type[domain.InventoryError], tuple[int, str]] = {
@@ -56,20 +66,11 @@ class ReserveRequest(_Strict):
 
 class StockItem(_Strict):
     sku: Id
-    qty: Annotated[int, Field(ge=0, le=MAX_STOCK)]
+    qty: StockQty
 
 
 class StockRequest(_Strict):
     items: Annotated[list[StockItem], Field(min_length=1, max_length=1000)]
-
-    @model_validator(mode="after")
-    def _distinct_skus(self) -> StockRequest:
-        seen: set[str] = set()
-        for item in self.items:
-            if item.sku in seen:
-                raise ValueError(f"sku {item.sku!r} appears more than once in items")
-            seen.add(item.sku)
-        return self
 
 
 class ReservationOut(BaseModel):
@@ -124,6 +125,7 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 NDJSON = "application/x-ndjson"
+ERROR_SCHEMA_REF = "#/components/schemas/ErrorOut"
 
 
 class NdjsonResponse(Response):
@@ -160,7 +162,7 @@ def create_app(settings: Settings, *, seed_stock: Mapping[str, int] | None = Non
     @app.post(
         "/reservations",
         response_model=ReservationOut,
-        responses=_errors(404, 409, 413, 422),
+        responses=_errors(400, 404, 409, 413, 422),
         tags=["tcc"],
     )
     async def reserve(body: ReserveRequest) -> ReservationOut:
@@ -234,12 +236,12 @@ def create_app(settings: Settings, *, seed_stock: Mapping[str, int] | None = Non
     @app.put(
         "/admin/stock",
         response_model=StockListOut,
-        responses=_errors(401, 409, 413, 422),
+        responses=_errors(400, 401, 409, 413, 422),
         dependencies=admin,
         tags=["admin"],
     )
     async def put_stock(body: StockRequest) -> StockListOut:
-        """Set initial = available = qty for skus that have no reservations yet."""
+        """Set initial = available = qty for skus with no reservations (repeated sku: last wins)."""
         try:
             seeded = domain.seed_stock(store, {item.sku: item.qty for item in body.items})
         except domain.InventoryError as exc:
@@ -254,7 +256,8 @@ def create_app(settings: Settings, *, seed_stock: Mapping[str, int] | None = Non
                 "description": "stock, reservation, tombstone and event records, one per line",
                 "content": {NDJSON: {"schema": {"type": "string"}}},
             },
-            **_errors(401),
+            # spelled out: a `model` here would be documented as NDJSON like the 200
+            401: {"content": {"application/json": {"schema": {"$ref": ERROR_SCHEMA_REF}}}},
         },
         dependencies=admin,
         tags=["admin"],

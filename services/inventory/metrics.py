@@ -18,7 +18,9 @@ SWEEPER_CANCELLATIONS = Counter(
 
 def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
     return (
-        GaugeMetricFamily("chaosbed_stock_available", "Units of a sku still available", labels=["sku"]),
+        GaugeMetricFamily(
+            "chaosbed_stock_available", "Units of a sku still available", labels=["sku"]
+        ),
         GaugeMetricFamily(
             "chaosbed_reservations_by_state", "Reservations in each TCC state", labels=["state"]
         ),

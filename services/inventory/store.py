@@ -186,15 +186,15 @@ class InventoryStore:
 
     def expired_tries(self, now: float, limit: int) -> list[Reservation]:
         cursor = self.conn.execute(
-            "SELECT * FROM reservations WHERE state = ? AND t_try + ttl < ? "
-            "ORDER BY t_try LIMIT ?",
+            "SELECT * FROM reservations WHERE state = ? AND t_try + ttl < ? ORDER BY t_try LIMIT ?",
             (State.TRY.value, now, limit),
         )
         return [_reservation(r) for r in cursor]
 
     def count_by_state(self) -> dict[State, int]:
         counts = dict.fromkeys(State, 0)
-        for row in self.conn.execute("SELECT state, COUNT(*) AS n FROM reservations GROUP BY state"):
+        query = "SELECT state, COUNT(*) AS n FROM reservations GROUP BY state"
+        for row in self.conn.execute(query):
             counts[State(row["state"])] = row["n"]
         return counts
 

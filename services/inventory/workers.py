@@ -11,15 +11,20 @@ from services.common import storage
 from services.common.telemetry import linked_span
 from services.inventory import domain
 from services.inventory.metrics import SWEEPER_CANCELLATIONS
-from services.inventory.store import InventoryStore
+from services.inventory.store import InventoryStore, Reservation
 
 log = logging.getLogger("chaosbed.inventory.sweeper")
 
 
 def sweep_once(store: InventoryStore) -> int:
     """One sweep in its own span; returns how many reservations it cancelled."""
+    swept: list[Reservation] = []
     with linked_span("inventory.sweep", None, kind=SpanKind.INTERNAL) as span:
-        swept = domain.sweep(store, storage.now())
+        while True:  # one short transaction per batch, until the backlog is gone
+            batch = domain.sweep(store, storage.now(), batch=domain.SWEEP_BATCH)
+            swept.extend(batch)
+            if len(batch) < domain.SWEEP_BATCH:
+                break
         span.set_attribute("chaosbed.swept", len(swept))
     if swept:
         SWEEPER_CANCELLATIONS.inc(len(swept))

@@ -1,0 +1,1 @@
+"""The mock payment channel: payments, an append-only ledger, notifications with faults."""

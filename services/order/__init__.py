@@ -1,0 +1,1 @@
+"""The order service: places orders (TCC reserve + channel payment) and settles payments."""

@@ -1,0 +1,221 @@
+"""Order HTTP API (place order, read order, payment notifications, audit export): thin routes.
+
+Every route is `async def` so store calls run on the event-loop thread, one at a time,
+as services.common.storage requires.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, Path, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from services.common.api import admin_guard, ndjson
+from services.common.server import base_app
+from services.common.settings import Settings
+from services.common.signing import SIGNATURE_HEADER
+from services.order import metrics, workers
+from services.order.domain import (
+    ID_PATTERN,
+    MAX_AMOUNT,
+    MAX_QTY,
+    Notification,
+    OrderError,
+    OrderService,
+    trace_id_of,
+)
+from services.order.peers import Peers
+from services.order.store import Order, OrderStore
+
+_STATUS_OF_CODE: dict[str, int] = {
+    "missing_idempotency_key": 400,
+    "invalid_idempotency_key": 400,
+    "idempotency_key_reused": 422,
+    "dependency_unavailable": 503,
+    "unknown_order": 404,
+    "unknown_payment": 404,
+    "bad_signature": 400,
+    "stale_timestamp": 400,
+    "amount_mismatch": 400,
+    "notify_replayed_altered": 400,
+    "unsupported_status": 400,
+}
+
+Id = Annotated[str, Field(pattern=ID_PATTERN, min_length=1, max_length=128)]
+PathId = Annotated[str, Path(pattern=ID_PATTERN, min_length=1, max_length=128)]
+
+
+class PlaceOrder(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    sku: Id
+    qty: Annotated[int, Field(ge=1, le=MAX_QTY)]
+    amount: Annotated[int, Field(ge=1, le=MAX_AMOUNT)]
+
+
+class OrderOut(BaseModel):
+    order_id: str
+    idempotency_key: str
+    sku: str
+    qty: int
+    amount: int
+    status: Literal["CREATED", "AWAITING_PAYMENT", "PAID", "REJECTED", "CLOSED"]
+    payment_id: str | None
+
+    @classmethod
+    def of(cls, order: Order) -> OrderOut:
+        return cls(
+            order_id=order.order_id,
+            idempotency_key=order.idempotency_key,
+            sku=order.sku,
+            qty=order.qty,
+            amount=order.amount,
+            status=order.status,  # type: ignore[arg-type]
+            payment_id=order.payment_id,
+        )
+
+
+class FieldProblem(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorOut(BaseModel):
+    error: str
+    detail: str
+    fields: list[FieldProblem] | None = None
+
+
+class NotifyAck(BaseModel):
+    result: Literal["success"]
+
+
+IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
+_IDEMPOTENCY_KEY_PARAM = {
+    "name": IDEMPOTENCY_KEY_HEADER,
+    "in": "header",
+    "required": True,
+    "schema": {"type": "string", "pattern": ID_PATTERN, "minLength": 1, "maxLength": 128},
+    "description": "the shopper's key for this logical order; replays return the same order",
+}
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": ErrorOut} for status in statuses}
+
+
+def create_app(
+    settings: Settings, *, peers: Peers | None = None, run_workers: bool = True
+) -> FastAPI:
+    """The order service; `peers` and `run_workers` let tests use fakes and drive workers."""
+    # the store and peers live as long as the app (a lifespan may run more than once in
+    # tests); only HTTP clients the app made itself are closed at shutdown
+    store = OrderStore(settings.db_path, on_transition=metrics.count_transition)
+    own_peers = peers is None
+    service = OrderService(settings, store, peers or Peers.connect(settings))
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        tasks = workers.start(service) if run_workers else []
+        try:
+            yield
+        finally:
+            await workers.stop(tasks)
+            await service.aclose()
+            if own_peers:
+                await service.peers.aclose()
+
+    app = base_app(
+        settings,
+        title="chaosbed order",
+        description="Places orders (TCC reserve + payment), settles payment notifications.",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+
+    @app.exception_handler(OrderError)
+    async def _order_error(_: Request, exc: OrderError) -> JSONResponse:
+        status = _STATUS_OF_CODE.get(exc.code, 400)
+        headers = {"Retry-After": "1"} if status == 503 else None
+        return JSONResponse(
+            {"error": exc.code, "detail": exc.detail}, status_code=status, headers=headers
+        )
+
+    @app.post(
+        "/orders",
+        status_code=201,
+        response_model=OrderOut,
+        tags=["orders"],
+        responses={
+            200: {"model": OrderOut, "description": "replay of the same key and body"},
+            **_errors(400, 413, 422, 503),
+        },
+        openapi_extra={"parameters": [_IDEMPOTENCY_KEY_PARAM]},
+    )
+    async def place_order(body: PlaceOrder, request: Request, response: Response) -> OrderOut:
+        # read by hand so a missing key is the contract's 400, not a generic 422
+        key = request.headers.get(IDEMPOTENCY_KEY_HEADER)
+        order, created = await service.place(key, sku=body.sku, qty=body.qty, amount=body.amount)
+        response.status_code = 201 if created else 200
+        return OrderOut.of(order)
+
+    @app.get(
+        "/orders/{order_id}",
+        response_model=OrderOut,
+        tags=["orders"],
+        responses=_errors(404, 422),
+    )
+    async def get_order(order_id: PathId) -> OrderOut:
+        return OrderOut.of(service.get(order_id))
+
+    @app.post(
+        "/notifications/payment",
+        response_model=NotifyAck,
+        tags=["notifications"],
+        responses=_errors(400, 404, 413, 422),
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": Notification.model_json_schema()}},
+            },
+            "parameters": [
+                {
+                    "name": SIGNATURE_HEADER,
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string"},
+                    "description": "t=<unix seconds>,v1=<HMAC-SHA256 hex of '<t>.<body>'>",
+                }
+            ],
+        },
+    )
+    async def payment_notification(request: Request) -> NotifyAck:
+        body = await request.body()
+        try:
+            await service.notify(body, request.headers.get(SIGNATURE_HEADER))
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors()) from None
+        return NotifyAck(result="success")
+
+    @app.get(
+        "/audit/export",
+        tags=["audit"],
+        dependencies=[Depends(admin_guard(settings))],
+        response_class=Response,
+        responses={
+            200: {
+                "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+                "description": "order records, one JSON object per line",
+            },
+            **_errors(401),
+        },
+    )
+    async def audit_export() -> Response:
+        return ndjson(store.export(trace_id_of))
+
+    return app

@@ -1,0 +1,540 @@
+"""The order service's SQLite schema and queries.
+
+Writes go through `OrderStore.tx()`, which yields a `Tx` bound to one
+`BEGIN IMMEDIATE … COMMIT`; callers never await inside it.  Reads outside a
+transaction see committed data only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from services.common import storage
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS orders (
+    order_id        TEXT PRIMARY KEY,
+    idempotency_key TEXT NOT NULL UNIQUE,
+    request_hash    TEXT NOT NULL,
+    sku             TEXT NOT NULL,
+    qty             INTEGER NOT NULL,
+    amount          INTEGER NOT NULL,
+    status          TEXT NOT NULL,
+    payment_id      TEXT,
+    txn_id          TEXT,
+    created_at      REAL NOT NULL,
+    updated_at      REAL NOT NULL,
+    t_paid          REAL,
+    t_final         REAL,
+    traceparent     TEXT,
+    flags           TEXT NOT NULL DEFAULT '[]',
+    replays         INTEGER NOT NULL DEFAULT 0,
+    next_check_at   REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS orders_by_status ON orders(status, created_at);
+CREATE TABLE IF NOT EXISTS transitions (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    order_id    TEXT NOT NULL,
+    from_status TEXT,
+    to_status   TEXT NOT NULL,
+    t           REAL NOT NULL,
+    cause       TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS transitions_by_order ON transitions(order_id);
+CREATE TABLE IF NOT EXISTS inbox (
+    txn_id    TEXT PRIMARY KEY,
+    notify_id TEXT,
+    order_id  TEXT NOT NULL,
+    t         REAL NOT NULL,
+    outcome   TEXT NOT NULL,
+    body_hash TEXT
+);
+CREATE INDEX IF NOT EXISTS inbox_by_notify ON inbox(notify_id);
+CREATE TABLE IF NOT EXISTS outbox (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    order_id        TEXT NOT NULL,
+    kind            TEXT NOT NULL CHECK (kind IN ('confirm', 'cancel', 'refund')),
+    payload         TEXT NOT NULL DEFAULT '{}',
+    created_at      REAL NOT NULL,
+    delivered_at    REAL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL,
+    failed_reason   TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(next_attempt_at)
+    WHERE delivered_at IS NULL AND failed_reason IS NULL;
+CREATE TABLE IF NOT EXISTS refunds (
+    refund_id  TEXT PRIMARY KEY,
+    order_id   TEXT NOT NULL,
+    txn_id     TEXT NOT NULL,
+    payment_id TEXT NOT NULL,
+    amount     INTEGER NOT NULL,
+    reason     TEXT NOT NULL,
+    t          REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS notification_rejections (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    notify_id TEXT,
+    order_id  TEXT,
+    txn_id    TEXT,
+    reason    TEXT NOT NULL,
+    t         REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS recon_cursor (
+    id        INTEGER PRIMARY KEY CHECK (id = 1),
+    cursor    INTEGER NOT NULL,
+    swept_at  REAL
+);
+CREATE TABLE IF NOT EXISTS bill_charges (
+    txn_id            TEXT PRIMARY KEY,
+    payment_id        TEXT NOT NULL,
+    merchant_order_id TEXT NOT NULL,
+    amount            INTEGER NOT NULL,
+    t                 REAL NOT NULL
+);
+"""
+
+# columns `Tx.move` may set besides status (never user input, but keep SQL fixed)
+_MOVABLE_FIELDS = frozenset({"payment_id", "txn_id", "t_paid", "t_final"})
+
+
+@dataclass(frozen=True)
+class Order:
+    order_id: str
+    idempotency_key: str
+    request_hash: str
+    sku: str
+    qty: int
+    amount: int
+    status: str
+    payment_id: str | None
+    txn_id: str | None
+    created_at: float
+    updated_at: float
+    t_paid: float | None
+    t_final: float | None
+    traceparent: str | None
+    flags: tuple[str, ...]
+    replays: int
+
+    @classmethod
+    def from_row(cls, row: Any) -> Order:
+        return cls(
+            order_id=row["order_id"],
+            idempotency_key=row["idempotency_key"],
+            request_hash=row["request_hash"],
+            sku=row["sku"],
+            qty=row["qty"],
+            amount=row["amount"],
+            status=row["status"],
+            payment_id=row["payment_id"],
+            txn_id=row["txn_id"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            t_paid=row["t_paid"],
+            t_final=row["t_final"],
+            traceparent=row["traceparent"],
+            flags=tuple(json.loads(row["flags"])),
+            replays=row["replays"],
+        )
+
+
+@dataclass(frozen=True)
+class InboxEntry:
+    txn_id: str
+    notify_id: str | None
+    order_id: str
+    outcome: str
+    body_hash: str | None
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    id: int
+    order_id: str
+    kind: str
+    payload: dict[str, Any]
+    attempts: int
+    traceparent: str | None
+
+
+class Tx:
+    """Reads and writes inside one transaction."""
+
+    def __init__(self, conn: Any, t: float) -> None:
+        self.conn = conn
+        self.t = t
+        self.entered: list[str] = []  # states entered, counted after commit
+
+    def order(self, order_id: str) -> Order | None:
+        row = self.conn.execute("SELECT * FROM orders WHERE order_id=?", (order_id,)).fetchone()
+        return None if row is None else Order.from_row(row)
+
+    def order_by_key(self, key: str) -> Order | None:
+        row = self.conn.execute("SELECT * FROM orders WHERE idempotency_key=?", (key,)).fetchone()
+        return None if row is None else Order.from_row(row)
+
+    def insert_order(
+        self,
+        *,
+        order_id: str,
+        key: str,
+        request_hash: str,
+        sku: str,
+        qty: int,
+        amount: int,
+        traceparent: str | None,
+    ) -> Order:
+        self.conn.execute(
+            "INSERT INTO orders (order_id, idempotency_key, request_hash, sku, qty, amount,"
+            " status, created_at, updated_at, traceparent) VALUES (?,?,?,?,?,?,'CREATED',?,?,?)",
+            (order_id, key, request_hash, sku, qty, amount, self.t, self.t, traceparent),
+        )
+        self._transition(order_id, None, "CREATED", "place")
+        order = self.order(order_id)
+        assert order is not None
+        return order
+
+    def move(
+        self,
+        order_id: str,
+        to: str,
+        *,
+        cause: str,
+        only_from: Sequence[str] | None,
+        **fields: Any,
+    ) -> bool:
+        """Set the status (if in `only_from`, or unconditionally) and record the transition."""
+        before = self.order(order_id)
+        if before is None:
+            return False
+        unknown = set(fields) - _MOVABLE_FIELDS
+        if unknown:
+            raise ValueError(f"cannot set {sorted(unknown)} on an order")
+        sets = ", ".join(["status=?", "updated_at=?", *(f"{name}=?" for name in fields)])
+        params: list[Any] = [to, self.t, *fields.values(), order_id]
+        where = "order_id=?"
+        if only_from is not None:
+            where += f" AND status IN ({','.join('?' * len(only_from))})"
+            params.extend(only_from)
+        cursor = self.conn.execute(f"UPDATE orders SET {sets} WHERE {where}", params)
+        if cursor.rowcount == 0:
+            return False
+        self._transition(order_id, before.status, to, cause)
+        return True
+
+    def _transition(self, order_id: str, from_status: str | None, to: str, cause: str) -> None:
+        self.conn.execute(
+            "INSERT INTO transitions (order_id, from_status, to_status, t, cause)"
+            " VALUES (?,?,?,?,?)",
+            (order_id, from_status, to, self.t, cause),
+        )
+        self.entered.append(to)
+
+    def set_payment(self, order_id: str, payment_id: str) -> None:
+        self.conn.execute(
+            "UPDATE orders SET payment_id=?, updated_at=? WHERE order_id=?",
+            (payment_id, self.t, order_id),
+        )
+
+    def count_replay(self, order_id: str) -> int:
+        self.conn.execute("UPDATE orders SET replays = replays + 1 WHERE order_id=?", (order_id,))
+        row = self.conn.execute(
+            "SELECT replays FROM orders WHERE order_id=?", (order_id,)
+        ).fetchone()
+        return int(row["replays"])
+
+    def add_flag(self, order_id: str, flag: str) -> bool:
+        order = self.order(order_id)
+        if order is None or flag in order.flags:
+            return False
+        self.conn.execute(
+            "UPDATE orders SET flags=?, updated_at=? WHERE order_id=?",
+            (json.dumps([*order.flags, flag]), self.t, order_id),
+        )
+        return True
+
+    def postpone_check(self, order_id: str, until: float) -> None:
+        self.conn.execute("UPDATE orders SET next_check_at=? WHERE order_id=?", (until, order_id))
+
+    def inbox(self, txn_id: str) -> InboxEntry | None:
+        row = self.conn.execute("SELECT * FROM inbox WHERE txn_id=?", (txn_id,)).fetchone()
+        return None if row is None else _inbox_entry(row)
+
+    def inbox_by_notify(self, notify_id: str) -> InboxEntry | None:
+        row = self.conn.execute(
+            "SELECT * FROM inbox WHERE notify_id=? LIMIT 1", (notify_id,)
+        ).fetchone()
+        return None if row is None else _inbox_entry(row)
+
+    def add_inbox(
+        self,
+        *,
+        txn_id: str,
+        notify_id: str | None,
+        order_id: str,
+        outcome: str,
+        body_hash: str | None,
+    ) -> None:
+        # OR IGNORE only matters when dedupe is switched off (planted bug notify-not-idempotent)
+        self.conn.execute(
+            "INSERT OR IGNORE INTO inbox (txn_id, notify_id, order_id, t, outcome, body_hash)"
+            " VALUES (?,?,?,?,?,?)",
+            (txn_id, notify_id, order_id, self.t, outcome, body_hash),
+        )
+
+    def add_outbox(self, order_id: str, kind: str, payload: dict[str, Any] | None = None) -> None:
+        self.conn.execute(
+            "INSERT INTO outbox (order_id, kind, payload, created_at, next_attempt_at)"
+            " VALUES (?,?,?,?,?)",
+            (order_id, kind, json.dumps(payload or {}), self.t, self.t),
+        )
+
+    def add_refund(
+        self,
+        *,
+        refund_id: str,
+        order_id: str,
+        txn_id: str,
+        payment_id: str,
+        amount: int,
+        reason: str,
+    ) -> bool:
+        """Record a refund decision once per refund_id; False if it was already recorded."""
+        cursor = self.conn.execute(
+            "INSERT OR IGNORE INTO refunds (refund_id, order_id, txn_id, payment_id, amount,"
+            " reason, t) VALUES (?,?,?,?,?,?,?)",
+            (refund_id, order_id, txn_id, payment_id, amount, reason, self.t),
+        )
+        return cursor.rowcount == 1
+
+    def record_rejection(
+        self, *, notify_id: str | None, order_id: str | None, txn_id: str | None, reason: str
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO notification_rejections (notify_id, order_id, txn_id, reason, t)"
+            " VALUES (?,?,?,?,?)",
+            (notify_id, order_id, txn_id, reason, self.t),
+        )
+
+    def outbox_delivered(self, item_id: int) -> None:
+        self.conn.execute(
+            "UPDATE outbox SET delivered_at=?, attempts=attempts+1 WHERE id=?", (self.t, item_id)
+        )
+
+    def outbox_retry(self, item_id: int, next_attempt_at: float) -> None:
+        self.conn.execute(
+            "UPDATE outbox SET attempts=attempts+1, next_attempt_at=? WHERE id=?",
+            (next_attempt_at, item_id),
+        )
+
+    def outbox_failed(self, item_id: int, reason: str) -> None:
+        self.conn.execute(
+            "UPDATE outbox SET attempts=attempts+1, next_attempt_at=NULL, failed_reason=?"
+            " WHERE id=?",
+            (reason, item_id),
+        )
+
+    def set_final(self, order_id: str) -> None:
+        self.conn.execute(
+            "UPDATE orders SET t_final=COALESCE(t_final, ?) WHERE order_id=?", (self.t, order_id)
+        )
+
+    def add_bill_charge(
+        self, *, txn_id: str, payment_id: str, merchant_order_id: str, amount: int, t: float
+    ) -> None:
+        self.conn.execute(
+            "INSERT OR IGNORE INTO bill_charges (txn_id, payment_id, merchant_order_id, amount, t)"
+            " VALUES (?,?,?,?,?)",
+            (txn_id, payment_id, merchant_order_id, amount, t),
+        )
+
+    def save_cursor(self, cursor: int, *, swept_at: float | None = None) -> None:
+        self.conn.execute(
+            "INSERT INTO recon_cursor (id, cursor, swept_at) VALUES (1, ?, ?)"
+            " ON CONFLICT(id) DO UPDATE SET cursor=excluded.cursor,"
+            " swept_at=COALESCE(excluded.swept_at, recon_cursor.swept_at)",
+            (cursor, swept_at),
+        )
+
+
+def _inbox_entry(row: Any) -> InboxEntry:
+    return InboxEntry(
+        txn_id=row["txn_id"],
+        notify_id=row["notify_id"],
+        order_id=row["order_id"],
+        outcome=row["outcome"],
+        body_hash=row["body_hash"],
+    )
+
+
+class OrderStore:
+    def __init__(self, path: str, *, on_transition: Callable[[str], None] | None = None) -> None:
+        self.conn = storage.connect(path)
+        self.conn.executescript(SCHEMA)
+        self._on_transition = on_transition
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def tx(self) -> Iterator[Tx]:
+        """One transaction; the states it entered are reported after the commit."""
+        tx = Tx(self.conn, storage.now())
+        with storage.transaction(self.conn):
+            yield tx
+        if self._on_transition is not None:
+            for state in tx.entered:
+                self._on_transition(state)
+
+    # reads -------------------------------------------------------------------------------
+
+    def get(self, order_id: str) -> Order | None:
+        row = self.conn.execute("SELECT * FROM orders WHERE order_id=?", (order_id,)).fetchone()
+        return None if row is None else Order.from_row(row)
+
+    def _orders(self, sql: str, params: Sequence[Any]) -> list[Order]:
+        return [Order.from_row(r) for r in self.conn.execute(sql, params).fetchall()]
+
+    def created_before(self, t: float, limit: int, *, due_at: float) -> list[Order]:
+        """CREATED orders created before t and due for another attempt."""
+        return self._orders(
+            "SELECT * FROM orders WHERE status='CREATED' AND created_at<=? AND next_check_at<=?"
+            " ORDER BY created_at LIMIT ?",
+            (t, due_at, limit),
+        )
+
+    def awaiting_before(self, t: float, limit: int, *, due_at: float | None = None) -> list[Order]:
+        """AWAITING_PAYMENT orders created before t (and, given due_at, due for a check)."""
+        sql = "SELECT * FROM orders WHERE status='AWAITING_PAYMENT' AND created_at<=?"
+        params: list[Any] = [t]
+        if due_at is not None:
+            sql += " AND next_check_at<=?"
+            params.append(due_at)
+        return self._orders(sql + " ORDER BY created_at LIMIT ?", [*params, limit])
+
+    def paid_without_bill_charge(self, paid_before: float) -> list[Order]:
+        return self._orders(
+            "SELECT * FROM orders WHERE status='PAID' AND t_paid<=? AND NOT EXISTS"
+            " (SELECT 1 FROM bill_charges b WHERE b.txn_id=orders.txn_id)",
+            (paid_before,),
+        )
+
+    def due_outbox(self, now: float, limit: int) -> list[OutboxItem]:
+        rows = self.conn.execute(
+            "SELECT o.*, r.traceparent FROM outbox o LEFT JOIN orders r USING (order_id)"
+            " WHERE o.delivered_at IS NULL AND o.failed_reason IS NULL AND o.next_attempt_at<=?"
+            " ORDER BY o.next_attempt_at LIMIT ?",
+            (now, limit),
+        ).fetchall()
+        return [
+            OutboxItem(
+                id=r["id"],
+                order_id=r["order_id"],
+                kind=r["kind"],
+                payload=json.loads(r["payload"]),
+                attempts=r["attempts"],
+                traceparent=r["traceparent"],
+            )
+            for r in rows
+        ]
+
+    def recon_cursor(self) -> int:
+        row = self.conn.execute("SELECT cursor FROM recon_cursor WHERE id=1").fetchone()
+        return 0 if row is None else int(row["cursor"])
+
+    def count_by_state(self) -> dict[str, int]:
+        rows = self.conn.execute("SELECT status, COUNT(*) AS n FROM orders GROUP BY status")
+        return {r["status"]: r["n"] for r in rows.fetchall()}
+
+    def outbox_backlog(self, now: float) -> tuple[int, float]:
+        """(rows not delivered and not given up, age in seconds of the oldest of them)."""
+        row = self.conn.execute(
+            "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM outbox"
+            " WHERE delivered_at IS NULL AND failed_reason IS NULL"
+        ).fetchone()
+        oldest = row["oldest"]
+        return int(row["n"]), 0.0 if oldest is None else max(0.0, now - oldest)
+
+    def transitions(self, order_id: str) -> list[dict[str, Any]]:
+        return storage.rows(
+            self.conn.execute("SELECT * FROM transitions WHERE order_id=? ORDER BY id", (order_id,))
+        )
+
+    def outbox(self, order_id: str) -> list[dict[str, Any]]:
+        return storage.rows(
+            self.conn.execute("SELECT * FROM outbox WHERE order_id=? ORDER BY id", (order_id,))
+        )
+
+    # audit export ---------------------------------------------------------------------------
+
+    def export(self, trace_id_of: Callable[[str | None], str | None]) -> Iterator[dict[str, Any]]:
+        """The contract's order records (docs/contracts.md, order export)."""
+        for r in self.conn.execute("SELECT * FROM orders ORDER BY created_at").fetchall():
+            yield {
+                "type": "order",
+                "order_id": r["order_id"],
+                "idempotency_key": r["idempotency_key"],
+                "sku": r["sku"],
+                "qty": r["qty"],
+                "amount": r["amount"],
+                "status": r["status"],
+                "payment_id": r["payment_id"],
+                "txn_id": r["txn_id"],
+                "created_at": r["created_at"],
+                "t_paid": r["t_paid"],
+                "t_final": r["t_final"],
+                "trace_id": trace_id_of(r["traceparent"]),
+                "flags": json.loads(r["flags"]),
+            }
+        for r in self.conn.execute("SELECT * FROM transitions ORDER BY id").fetchall():
+            yield {
+                "type": "transition",
+                "order_id": r["order_id"],
+                "from": r["from_status"],
+                "to": r["to_status"],
+                "t": r["t"],
+                "cause": r["cause"],
+            }
+        for r in self.conn.execute("SELECT * FROM inbox ORDER BY t").fetchall():
+            yield {
+                "type": "inbox",
+                "txn_id": r["txn_id"],
+                "notify_id": r["notify_id"],
+                "order_id": r["order_id"],
+                "t": r["t"],
+                "outcome": r["outcome"],
+            }
+        for r in self.conn.execute("SELECT * FROM outbox ORDER BY id").fetchall():
+            yield {
+                "type": "outbox",
+                "id": r["id"],
+                "order_id": r["order_id"],
+                "kind": r["kind"],
+                "created_at": r["created_at"],
+                "delivered_at": r["delivered_at"],
+                "attempts": r["attempts"],
+                "failed_reason": r["failed_reason"],
+            }
+        for r in self.conn.execute("SELECT * FROM refunds ORDER BY t").fetchall():
+            yield {
+                "type": "refund",
+                "order_id": r["order_id"],
+                "refund_id": r["refund_id"],
+                "txn_id": r["txn_id"],
+                "amount": r["amount"],
+                "t": r["t"],
+                "reason": r["reason"],
+            }
+        for r in self.conn.execute("SELECT * FROM notification_rejections ORDER BY id").fetchall():
+            yield {
+                "type": "notification_rejected",
+                "notify_id": r["notify_id"],
+                "order_id": r["order_id"],
+                "reason": r["reason"],
+                "t": r["t"],
+            }
