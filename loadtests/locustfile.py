@@ -1,0 +1,338 @@
+"""chaosbed's simulated users: shoppers buying, browsers reading, forgers attacking.
+
+Run by `chaosbed run` (see loadtests/runner.py) or by hand against a running stack:
+
+    locust -f loadtests/locustfile.py --host http://127.0.0.1:ORDER_PROXY_PORT
+    CHAOSBED_CHANNEL_URL=http://127.0.0.1:CHANNEL_PROXY_PORT  (or CHAOSBED_STACK_JSON=stack.json)
+
+Every logical operation is recorded in the history (loadtests/history.py); the load shape comes
+from CHAOSBED_LOAD (loadtests/shapes.py).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    # Locust imports this file by path; make `loadtests`, `faults`, ... importable.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from locust import FastHttpUser, LoadTestShape, events, task
+from locust.env import Environment
+
+from loadtests.client import Reply, call
+from loadtests.collector import CONFIG_OPTION, PROCESS, Collector
+from loadtests.config import LoadConfigError, from_env
+from loadtests.forgery import KINDS, KnownOrder, forge
+from loadtests.history import Operation
+from loadtests.shapes import Level, profile_from_load
+
+try:
+    PROCESS.config = from_env()
+except LoadConfigError as exc:
+    sys.exit(f"chaosbed load configuration: {exc}")
+
+PLACE_ATTEMPTS = 4  # the first try and three retries with the same idempotency key
+PAY_ATTEMPTS = 3
+RETRY_BACKOFF_S = 0.25  # doubled on every retry, with jitter
+POLL_FIRST_S = 0.2  # the payment processing page polls soon, then backs off ...
+POLL_MAX_S = 2.0  # ... to at most every two seconds
+FINAL_STATES = frozenset({"PAID", "CLOSED", "REJECTED"})
+
+
+class ChaosbedUser(FastHttpUser):
+    """What every simulated user has: its seeded RNG, its history process id, its timeouts."""
+
+    abstract = True
+    connection_timeout = 3.0
+
+    def __init__(self, environment: Environment) -> None:
+        self.config = PROCESS.config
+        self.network_timeout = self.config.request_timeout_s
+        super().__init__(environment)
+        self.index = PROCESS.next_user_index()
+        self.process = f"{PROCESS.node}:{self.index}"
+        self.rng = PROCESS.user_rng(self.index)
+        self.history = PROCESS.recorder
+        self.next_due = time.monotonic() + self.rng.uniform(0, self.pace_s())
+
+    def pace_s(self) -> float:
+        """Seconds between the starts of two tasks of this user."""
+        raise NotImplementedError
+
+    def wait_time(self) -> float:
+        # Pacing keeps the arrival rate steady even when a journey is slow (open-ish model).
+        now = time.monotonic()
+        self.next_due = max(self.next_due, now - self.pace_s())
+        wait = max(0.0, self.next_due - now)
+        self.next_due += self.pace_s() * self.rng.uniform(0.9, 1.1)
+        return wait
+
+    def backoff(self, attempt: int) -> None:
+        time.sleep(RETRY_BACKOFF_S * 2 ** (attempt - 1) * self.rng.uniform(0.5, 1.5))
+
+
+class Shopper(ChaosbedUser):
+    """Places an order, pays for it in the wallet, then watches "payment processing"."""
+
+    weight = PROCESS.config.load["mix"].get("shopper", 0)
+    journeys = 0
+
+    def pace_s(self) -> float:
+        rate = self.config.load.get("rate")
+        if not rate:
+            return 0.6  # think time of an eager shopper
+        load = self.config.load
+        shoppers = max(1.0, load["users"] * weight_share(load["mix"], "shopper"))
+        return shoppers / float(rate)
+
+    @task
+    def buy(self) -> None:
+        order = self.place_order()
+        if order is None or order.get("status") != "AWAITING_PAYMENT":
+            return
+        paid = self.pay(order)
+        if paid is False:
+            return
+        self.wait_for_confirmation(order)
+
+    def place_order(self) -> dict[str, Any] | None:
+        """POST /orders; retries after a timeout, reset or 503 reuse the same idempotency key."""
+        load = self.config.load
+        body = {
+            "sku": self.rng.choice(sorted(load["skus"])),
+            "qty": self.rng.randint(1, 3),
+            "amount": self.rng.randint(100, 50_000),
+        }
+        self.journeys += 1
+        key = f"k-{self.history.node}-{self.history.nonce}-{self.index}-{self.journeys}"
+        with self.history.begin("place_order", process=self.process, key=key, value=body) as op:
+            reply, maybe_done = None, False
+            for attempt in range(PLACE_ATTEMPTS):
+                if attempt:
+                    self.backoff(attempt)
+                reply = call(
+                    self.client,
+                    "POST",
+                    "/orders",
+                    name="POST /orders",
+                    traceparent=op.traceparent,
+                    json_body=body,
+                    headers={"Idempotency-Key": key},
+                    expected=frozenset({400, 409, 422}),
+                )
+                if reply.status in (200, 201):
+                    order = reply.body
+                    op.order_id = order.get("order_id")
+                    op.ok({"status": order.get("status"), "payment_id": order.get("payment_id")})
+                    self.remember(key, order)
+                    return order
+                if reply.answered and reply.status < 500:
+                    op.fail(reply.error, {"http_status": reply.status})
+                    return None
+                maybe_done = maybe_done or reply.ambiguous
+            assert reply is not None
+            if maybe_done:
+                op.info(reply.error)
+            else:
+                op.fail(reply.error)
+            return None
+
+    def pay(self, order: dict[str, Any]) -> bool | None:
+        """Pay in the wallet: True paid, False certainly not charged, None unknown."""
+        payment_id = order.get("payment_id")
+        url = f"{self.config.channel_url}/payments/{payment_id}/pay"
+        key, order_id = order.get("idempotency_key"), order.get("order_id")
+        with self.history.begin("pay", process=self.process, key=key, order_id=order_id) as op:
+            reply, maybe_done = None, False
+            for attempt in range(PAY_ATTEMPTS):
+                if attempt:
+                    self.backoff(attempt)
+                reply = call(
+                    self.client,
+                    "POST",
+                    url,
+                    name="POST /payments/[id]/pay",
+                    traceparent=op.traceparent,
+                    json_body={},
+                    expected=frozenset({402, 404, 409}),
+                )
+                if reply.status == 200:
+                    txn_id = str(reply.body.get("txn_id"))
+                    op.ok({"payment_id": payment_id, "txn_id": txn_id})
+                    PROCESS.known_orders.paid(str(order_id), txn_id)
+                    return True
+                if reply.answered and reply.status < 500:
+                    op.fail(reply.error, {"http_status": reply.status})
+                    return False
+                maybe_done = maybe_done or reply.ambiguous
+            assert reply is not None
+            if maybe_done:
+                op.info(reply.error)
+                return None
+            op.fail(reply.error)
+            return False
+
+    def wait_for_confirmation(self, order: dict[str, Any]) -> None:
+        """The "payment processing" page: poll until PAID (or final), give up after max_poll."""
+        give_up_at = time.monotonic() + float(self.config.load["max_poll"])
+        delay = POLL_FIRST_S
+        while True:
+            time.sleep(delay)
+            if self.poll(order) in FINAL_STATES:
+                return
+            delay = min(delay * 2, POLL_MAX_S)
+            if time.monotonic() + delay > give_up_at:
+                return
+
+    def poll(self, order: dict[str, Any]) -> str | None:
+        order_id = order.get("order_id")
+        with self.history.begin(
+            "poll", process=self.process, key=order.get("idempotency_key"), order_id=order_id
+        ) as op:
+            reply = self.get_order(str(order_id), op.traceparent)
+            status = reply.body.get("status") if reply.status == 200 else None
+            record(op, reply, {"status": status})
+            return status
+
+    def get_order(self, order_id: str, traceparent: str) -> Reply:
+        return call(
+            self.client,
+            "GET",
+            f"/orders/{order_id}",
+            name="GET /orders/[id]",
+            traceparent=traceparent,
+            expected=frozenset({404}),
+        )
+
+    def remember(self, key: str, order: dict[str, Any]) -> None:
+        if order.get("payment_id"):
+            PROCESS.known_orders.add(
+                KnownOrder(
+                    order_id=str(order["order_id"]),
+                    payment_id=str(order["payment_id"]),
+                    amount=int(order.get("amount", 0)),
+                    key=key,
+                )
+            )
+
+
+class Browser(ChaosbedUser):
+    """Looks at orders it has heard of (the order page); the service health when none yet."""
+
+    weight = PROCESS.config.load["mix"].get("browser", 0)
+
+    def pace_s(self) -> float:
+        return 1.0
+
+    @task
+    def browse(self) -> None:
+        known = PROCESS.known_orders.sample(self.rng)
+        order_id = known.order_id if known else None
+        with self.history.begin(
+            "browse", process=self.process, key=known.key if known else None, order_id=order_id
+        ) as op:
+            if order_id is None:
+                reply = call(
+                    self.client, "GET", "/healthz", name="GET /healthz", traceparent=op.traceparent
+                )
+                record(op, reply, {"status": None})
+                return
+            reply = call(
+                self.client,
+                "GET",
+                f"/orders/{order_id}",
+                name="GET /orders/[id]",
+                traceparent=op.traceparent,
+                expected=frozenset({404}),
+            )
+            record(op, reply, {"status": reply.body.get("status") if reply.status == 200 else None})
+
+
+class Forger(ChaosbedUser):
+    """Now and then POSTs a forged notification for a real order; the audit judges the effect."""
+
+    weight = PROCESS.config.load["mix"].get("forger", 0)
+
+    def pace_s(self) -> float:
+        return 5.0
+
+    @task
+    def forge_notification(self) -> None:
+        target = PROCESS.known_orders.sample(self.rng)
+        if target is None:
+            return
+        forgery = forge(
+            self.rng.choice(KINDS), target, secret=self.config.notify_secret, rng=self.rng
+        )
+        value = {
+            "kind": forgery.kind,
+            "notify_id": forgery.notify_id,
+            "txn_id": forgery.txn_id,
+            "amount": forgery.amount,
+        }
+        with self.history.begin(
+            "forge", process=self.process, key=target.key, order_id=target.order_id, value=value
+        ) as op:
+            reply = call(
+                self.client,
+                "POST",
+                "/notifications/payment",
+                name="POST /notifications/payment (forged)",
+                traceparent=op.traceparent,
+                data=forgery.body.decode(),
+                headers=forgery.headers,
+                expected=frozenset({400, 401, 403, 404, 409, 422}),
+            )
+            # ok = the server accepted it (2xx): the audit decides whether that changed state.
+            record(op, reply, {**value, "http_status": reply.status})
+
+
+def record(op: Operation, reply: Reply, value: dict[str, Any]) -> None:
+    """Complete a single-request operation: 2xx ok, refused/4xx fail, anything unclear info."""
+    if reply.answered and reply.status < 300:
+        op.ok(value)
+    elif reply.refused or (reply.answered and reply.status < 500):
+        op.fail(reply.error, value)
+    else:
+        op.info(reply.error, value)
+
+
+def weight_share(mix: dict[str, int], name: str) -> float:
+    total = sum(mix.values())
+    return mix.get(name, 0) / total if total else 0.0
+
+
+class ScenarioShape(LoadTestShape):
+    """The scenario's shape (steady, ramp, flash_sale, soak); stops at its duration."""
+
+    def tick(self) -> Level:
+        config = PROCESS.config
+        load, duration_s = dict(config.load), config.duration_s
+        options = self.runner.environment.parsed_options if self.runner else None
+        if options is not None and not os.environ.get("CHAOSBED_LOAD"):
+            # Plain `locust -u N -r R -t T` against a running stack: the common options decide.
+            if options.num_users:
+                load["users"], load["spawn_rate"] = options.num_users, options.spawn_rate
+            duration_s = duration_s or options.run_time or None
+        profile = profile_from_load(load, duration_s=duration_s, seed=config.seed)
+        return profile.level(self.get_run_time())
+
+
+@events.init_command_line_parser.add_listener
+def _add_options(parser: Any, **_: Any) -> None:
+    parser.add_argument(
+        f"--{CONFIG_OPTION.replace('_', '-')}",
+        default="",
+        include_in_web_ui=False,
+        help="resolved chaosbed load configuration (set by the master for its workers)",
+    )
+
+
+@events.init.add_listener
+def _install(environment: Environment, **_: Any) -> None:
+    Collector(environment, PROCESS.config)
