@@ -161,14 +161,17 @@ class Toxiproxy:
         if name is not None:
             payload["name"] = name
         label = f"toxic {name or f'{type}_{stream}'!r} on proxy {proxy!r}"
-        return dict(self._call("POST", f"/proxies/{proxy}/toxics", json=payload, what=f"add {label}"))
+        created = self._call("POST", f"/proxies/{proxy}/toxics", json=payload, what=f"add {label}")
+        return dict(created)
 
     def remove_toxic(self, proxy: str, name: str) -> None:
         """Remove a toxic; raises ToxiproxyError (status 404) when it does not exist."""
-        self._call("DELETE", f"/proxies/{proxy}/toxics/{name}", what=f"remove toxic {name!r} on proxy {proxy!r}")
+        what = f"remove toxic {name!r} on proxy {proxy!r}"
+        self._call("DELETE", f"/proxies/{proxy}/toxics/{name}", what=what)
 
     def toxics(self, proxy: str) -> list[dict[str, Any]]:
-        return list(self._call("GET", f"/proxies/{proxy}/toxics", what=f"toxics of proxy {proxy!r}"))
+        what = f"toxics of proxy {proxy!r}"
+        return list(self._call("GET", f"/proxies/{proxy}/toxics", what=what))
 
     # --- transport ----------------------------------------------------------
 

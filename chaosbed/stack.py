@@ -1,0 +1,612 @@
+"""The local stack supervisor: Toxiproxy, five proxies, the three services, stack.json.
+
+`Stack.start(run_dir)` brings everything up on ephemeral loopback ports and returns a
+handle the tests, the fault scheduler and `chaosbed up` use to reach, break and stop
+it.  `Stack.attach(stack_json)` controls a stack another process started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import os
+import secrets
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from chaosbed import binaries, rundir
+from faults import process
+from faults.toxiproxy import ProxySpec, Toxiproxy, ToxiproxyError
+from services.common.bugs import parse_bugs
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+SERVICES = ("inventory", "channel", "order")  # start order: dependencies first
+
+# proxy name -> (caller, service it leads to); every link goes through Toxiproxy
+PROXIES: dict[str, tuple[str, str]] = {
+    "client_order": ("client", "order"),
+    "client_channel": ("client", "channel"),
+    "order_inventory": ("order", "inventory"),
+    "order_channel": ("order", "channel"),
+    "channel_notify": ("channel", "order"),
+}
+
+NOTIFY_PATH = "/notifications/payment"
+
+# what a plain `chaosbed up` or a run without its own stock puts on the shelves
+DEFAULT_SEED_STOCK: dict[str, int] = {"sku-1": 1_000_000, "sku-2": 1_000_000, "sku-3": 1_000_000}
+
+HEALTH_TIMEOUT_S = 30.0
+STOP_GRACE_S = 5.0
+
+
+class StackError(RuntimeError):
+    """The stack could not be started or controlled; the message says which part and why."""
+
+
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_port() -> int:
+    """A loopback port that is free now and outside the kernel's ephemeral range.
+
+    Outgoing connections take their local port from the ephemeral range, so a port
+    picked there can be taken before the service binds it; below the range it cannot.
+    """
+    low = 20000
+    high = _ephemeral_range()[0] - 1
+    rng = secrets.SystemRandom()
+    for _ in range(200):
+        port = rng.randint(low, high) if high > low else 0
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            chosen = int(sock.getsockname()[1])
+        _handed_out.add(chosen)
+        return chosen
+    raise StackError("no free loopback port found")
+
+
+def _service_env(
+    service: str,
+    *,
+    port: int,
+    db: Path,
+    admin_token: str,
+    notify_secret: str,
+    bugs: str,
+    links: Mapping[str, str],
+    seed_stock: Mapping[str, int],
+) -> dict[str, str]:
+    """The CHAOSBED_* variables of one service (docs/contracts.md)."""
+    env = {
+        "CHAOSBED_HOST": "127.0.0.1",
+        "CHAOSBED_PORT": str(port),
+        "CHAOSBED_DB": str(db),
+        "CHAOSBED_ADMIN_TOKEN": admin_token,
+        "CHAOSBED_NOTIFY_SECRET": notify_secret,
+        "CHAOSBED_BUGS": bugs,
+    }
+    if service == "order":
+        env["CHAOSBED_INVENTORY_URL"] = links["order_inventory"]
+        env["CHAOSBED_CHANNEL_URL"] = links["order_channel"]
+    elif service == "channel":
+        env["CHAOSBED_NOTIFY_URL"] = links["channel_notify"] + NOTIFY_PATH
+    elif service == "inventory":
+        env["CHAOSBED_SEED_STOCK"] = json.dumps(dict(seed_stock))
+    return env
+
+
+_live_stacks: set[Stack] = set()  # stopped at interpreter exit, whatever the caller forgot
+
+
+@atexit.register
+def _stop_live_stacks() -> None:
+    for stack in list(_live_stacks):
+        stack.stop()
+
+
+class Stack:
+    """A running stack.  Use as a context manager: `with Stack.start(run_dir) as stack:`."""
+
+    def __init__(self, info: dict[str, Any], *, owned: bool) -> None:
+        self._info = info
+        self._owned = owned
+        self._children: dict[str, process.Child] = {}
+        self._toxiproxy_child: process.Child | None = None
+        self._toxiproxy: Toxiproxy | None = None
+        self._service_envs: dict[str, dict[str, str]] = {}
+        self._observers: Any = None
+        self._lock = threading.RLock()
+        self._stopped = False
+
+    # --- lifecycle ------------------------------------------------------------
+
+    @classmethod
+    def start(
+        cls,
+        run_dir: Path,
+        *,
+        bugs: Iterable[str] = (),
+        service_env: Mapping[str, str] | None = None,
+        seed_stock: Mapping[str, int] | None = None,
+        direct: bool = False,
+        observe: bool = False,
+    ) -> Stack:
+        """Start Toxiproxy (unless `direct`), the proxies and the services; write stack.json."""
+        bug_names = sorted(parse_bugs(",".join(bugs)))
+        stock = dict(DEFAULT_SEED_STOCK if seed_stock is None else seed_stock)
+        for sku, qty in stock.items():
+            if not isinstance(qty, int) or isinstance(qty, bool) or qty < 0:
+                raise StackError(f"seed_stock[{sku!r}]={qty!r} must be an integer >= 0")
+        for key, value in (service_env or {}).items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise StackError(f"service_env[{key!r}]={value!r}: names and values must be str")
+        run_dir = Path(run_dir).resolve()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        ports = {name: free_port() for name in SERVICES}
+        info: dict[str, Any] = {
+            "run_dir": str(run_dir),
+            "admin_token": secrets.token_urlsafe(24),
+            "notify_secret": secrets.token_urlsafe(32),
+            "direct": direct,
+            "bugs": bug_names,
+            "seed_stock": stock,
+            "toxiproxy": None,
+            "services": {
+                name: {
+                    "url": f"http://127.0.0.1:{ports[name]}",
+                    "port": ports[name],
+                    "pid": None,
+                    "db": str(run_dir / f"{name}.db"),
+                    "log": str(run_dir / f"{name}.log"),
+                }
+                for name in SERVICES
+            },
+            "proxies": {},
+            "observe": {},
+        }
+        stack = cls(info, owned=True)
+        _live_stacks.add(stack)
+        try:
+            stack._start_all(service_env or {}, observe=observe)
+        except BaseException:
+            stack.stop()
+            raise
+        return stack
+
+    def _start_all(self, overrides: Mapping[str, str], *, observe: bool) -> None:
+        info = self._info
+        if info["direct"]:
+            links = {
+                proxy: info["services"][target]["url"] for proxy, (_, target) in PROXIES.items()
+            }
+        else:
+            self._start_toxiproxy()
+            links = {proxy: spec["url"] for proxy, spec in info["proxies"].items()}
+        for name in SERVICES:
+            svc = info["services"][name]
+            self._service_envs[name] = {
+                **_service_env(
+                    name,
+                    port=svc["port"],
+                    db=Path(svc["db"]),
+                    admin_token=info["admin_token"],
+                    notify_secret=info["notify_secret"],
+                    bugs=",".join(info["bugs"]),
+                    links=links,
+                    seed_stock=info["seed_stock"],
+                ),
+                **overrides,
+            }
+        if observe:
+            self._start_observers()
+        # lets an attached controller restart a service exactly as it was started
+        info["service_env"] = self._service_envs
+        for name in SERVICES:
+            self._spawn(name)
+        for name in SERVICES:
+            self._wait_healthy(name)
+        self._seed_stock()
+        self._write()
+
+    def _start_toxiproxy(self) -> None:
+        run_dir = Path(self._info["run_dir"])
+        try:
+            binary = binaries.toxiproxy_server()
+        except binaries.MissingBinary as exc:
+            raise StackError(str(exc)) from exc
+        port = free_port()
+        log = run_dir / "toxiproxy.log"
+        child = process.Child(
+            [str(binary), "-host", "127.0.0.1", "-port", str(port), "-proxy-metrics"],
+            env=os.environ,
+            log_path=log,
+        )
+        self._toxiproxy_child = child
+        api = f"http://127.0.0.1:{port}"
+        self._info["toxiproxy"] = {"api": api, "pid": child.pid, "log": str(log)}
+        self._toxiproxy = Toxiproxy(api)
+        deadline = time.monotonic() + HEALTH_TIMEOUT_S
+        while True:
+            if not child.running():
+                raise StackError(
+                    f"toxiproxy-server exited at start (code {child.popen.returncode}); "
+                    f"last log lines:\n{process.log_tail(log)}"
+                )
+            try:
+                self._toxiproxy.version()
+                break
+            except ToxiproxyError as exc:
+                if time.monotonic() > deadline:
+                    raise StackError(f"toxiproxy-server did not answer on {api}: {exc}") from exc
+                time.sleep(0.05)
+        specs = [
+            ProxySpec(name, upstream=f"127.0.0.1:{self._info['services'][target]['port']}")
+            for name, (_, target) in PROXIES.items()
+        ]
+        try:
+            created = self._toxiproxy.populate(specs)
+        except ToxiproxyError as exc:
+            raise StackError(f"could not create the proxies: {exc}") from exc
+        self._info["proxies"] = {
+            name: {
+                "listen": created[name]["listen"],
+                "upstream": created[name]["upstream"],
+                "url": f"http://{created[name]['listen']}",
+            }
+            for name in PROXIES
+        }
+
+    def _start_observers(self) -> None:
+        """Prometheus + Jaeger before the services, so their OTLP settings reach them."""
+        from chaosbed import observe as observe_module
+
+        targets = {
+            name: f"{svc['url']}/metrics" for name, svc in self._info["services"].items()
+        }
+        if self._info["toxiproxy"]:
+            targets["toxiproxy"] = f"{self._info['toxiproxy']['api']}/metrics"
+        try:
+            observers = observe_module.start_observers(Path(self._info["run_dir"]), targets)
+        except RuntimeError as exc:  # ObserveError, MissingBinary
+            raise StackError(f"observers did not start: {exc}") from exc
+        self._observers = observers
+        self._info["observe"] = observers.info()
+        for name in SERVICES:
+            extra = observers.service_env(name)
+            self._service_envs[name] = {**extra, **self._service_envs[name]}
+
+    def _spawn(self, name: str) -> None:
+        svc = self._info["services"][name]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self._service_envs[name]}
+        child = process.Child(
+            [sys.executable, "-m", f"services.{name}"],
+            env=env,
+            log_path=Path(svc["log"]),
+            cwd=PROJECT_ROOT,
+            die_with_parent=self._owned,
+        )
+        with self._lock:
+            self._children[name] = child
+            svc["pid"] = child.pid
+
+    def _wait_healthy(self, name: str, timeout_s: float = HEALTH_TIMEOUT_S) -> None:
+        svc = self._info["services"][name]
+        child = self._children.get(name)
+        deadline = time.monotonic() + timeout_s
+        last_error = "no answer yet"
+        with httpx.Client(timeout=1.0) as client:
+            while True:
+                if child is not None and not child.running():
+                    raise StackError(
+                        f"service {name} exited at start (code {child.popen.returncode}); "
+                        f"last lines of {svc['log']}:\n{process.log_tail(Path(svc['log']))}"
+                    )
+                try:
+                    response = client.get(svc["url"] + "/healthz")
+                    if response.status_code == 200:
+                        return
+                    last_error = f"/healthz answered {response.status_code}"
+                except httpx.HTTPError as exc:
+                    last_error = f"{type(exc).__name__}: {exc}"
+                if time.monotonic() > deadline:
+                    raise StackError(
+                        f"service {name} not healthy on {svc['url']} after {timeout_s:.0f}s "
+                        f"({last_error}); last lines of {svc['log']}:\n"
+                        f"{process.log_tail(Path(svc['log']))}"
+                    )
+                time.sleep(0.05)
+
+    def _seed_stock(self) -> None:
+        """Make sure every seeded sku is on the shelf (the inventory may also read the env)."""
+        stock = self._info["seed_stock"]
+        if not stock:
+            return
+        base = self.url("inventory")
+        with httpx.Client(timeout=5.0, headers=self.admin_headers()) as client:
+            missing = [
+                sku for sku in stock if client.get(f"{base}/stock/{sku}").status_code != 200
+            ]
+            if not missing:
+                return
+            items = [{"sku": sku, "qty": stock[sku]} for sku in missing]
+            response = client.put(f"{base}/admin/stock", json={"items": items})
+            if response.status_code >= 300:
+                raise StackError(
+                    f"inventory refused the seed stock {items}: "
+                    f"{response.status_code} {response.text[:300]}"
+                )
+
+    def _write(self) -> None:
+        rundir.write_json(Path(self._info["run_dir"]) / "stack.json", self._info)
+
+    def stop(self) -> None:
+        """Stop everything this stack started (SIGTERM, SIGKILL after a grace period); reap all."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        _live_stacks.discard(self)
+        if not self._owned:
+            # services this controller restarted belong to the stack, not to us: leave them
+            if self._toxiproxy is not None:
+                self._toxiproxy.close()
+            return
+        for name in reversed(SERVICES):
+            child = self._children.get(name)
+            if child is not None:
+                child.stop(STOP_GRACE_S)
+            # a controller attached to this stack may have restarted it under a new pid
+            recorded = self._recorded_pid(name)
+            if recorded and (child is None or recorded != child.pid) and _is_service(
+                recorded, name
+            ):
+                process.stop_pid(recorded, STOP_GRACE_S)
+        if self._observers is not None:
+            try:
+                self._observers.stop()
+            except Exception as exc:  # stopping must go on
+                print(f"chaosbed: stopping observers failed: {exc}", file=sys.stderr)
+        if self._toxiproxy is not None:
+            self._toxiproxy.close()
+        if self._toxiproxy_child is not None:
+            self._toxiproxy_child.stop(STOP_GRACE_S)
+
+    def _recorded_pid(self, name: str) -> int | None:
+        try:
+            data = rundir.read_json(Path(self._info["run_dir"]) / "stack.json")
+            pid = data["services"][name]["pid"]
+        except (rundir.RunDirError, KeyError, TypeError):
+            return None
+        return int(pid) if pid else None
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @classmethod
+    def attach(cls, stack_json: Path) -> Stack:
+        """Control a stack started elsewhere (signals by pid; owns nothing it did not start)."""
+        try:
+            info = rundir.read_json(stack_json)
+        except rundir.RunDirError as exc:
+            raise StackError(f"cannot attach: {exc}") from exc
+        missing = {"run_dir", "admin_token", "services", "proxies"} - set(info)
+        if missing:
+            raise StackError(f"cannot attach: {stack_json} lacks {', '.join(sorted(missing))}")
+        stack = cls(info, owned=False)
+        if info.get("toxiproxy"):
+            stack._toxiproxy = Toxiproxy(info["toxiproxy"]["api"])
+        envs = info.get("service_env")
+        if isinstance(envs, Mapping):
+            stack._service_envs = {name: dict(env) for name, env in envs.items()}
+        _live_stacks.add(stack)
+        return stack
+
+    # --- addresses --------------------------------------------------------------
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """The content of stack.json."""
+        return self._info
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self._info["run_dir"])
+
+    @property
+    def toxiproxy(self) -> Toxiproxy:
+        if self._toxiproxy is None:
+            raise StackError("this stack runs without Toxiproxy (direct=True)")
+        return self._toxiproxy
+
+    def url(self, service: str) -> str:
+        """The service's own address (bypasses Toxiproxy: for audits and admin calls)."""
+        return str(self._service(service)["url"])
+
+    def proxy_url(self, proxy: str) -> str:
+        """The address of a link; in a direct stack, the address of the service it leads to."""
+        if proxy not in PROXIES:
+            raise StackError(f"unknown proxy {proxy!r}; known: {', '.join(PROXIES)}")
+        if self._info.get("direct"):
+            return self.url(PROXIES[proxy][1])
+        return str(self._info["proxies"][proxy]["url"])
+
+    def admin_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._info['admin_token']}"}
+
+    def pid(self, service: str) -> int:
+        pid = self._service(service)["pid"]
+        if not pid:
+            raise StackError(f"service {service} has no process")
+        return int(pid)
+
+    def _service(self, service: str) -> dict[str, Any]:
+        try:
+            return dict(self._info["services"][service])
+        except KeyError:
+            raise StackError(
+                f"unknown service {service!r}; known: {', '.join(self._info['services'])}"
+            ) from None
+
+    # --- process faults -----------------------------------------------------------
+
+    def kill(self, service: str) -> None:
+        """SIGKILL the service and reap it; `start_service` brings it back."""
+        pid = self.pid(service)
+        child = self._children.get(service)
+        if child is not None and child.pid == pid:
+            child.kill()
+        else:
+            process.signal_pid(pid, signal.SIGKILL)
+            if not process.wait_gone(pid, 10.0):
+                raise StackError(f"service {service} (pid {pid}) survived SIGKILL")
+        with self._lock:
+            self._info["services"][service]["pid"] = None
+        self._write()
+
+    def start_service(self, service: str, *, timeout_s: float = HEALTH_TIMEOUT_S) -> int:
+        """Start a stopped service again on the same port and database; returns the new pid."""
+        svc = self._service(service)
+        if svc["pid"] and process.alive(int(svc["pid"])):
+            raise StackError(f"service {service} is still running (pid {svc['pid']})")
+        if service not in self._service_envs:
+            raise StackError(
+                f"cannot start {service}: its environment is unknown (stack.json lacks service_env)"
+            )
+        self._spawn(service)
+        self._wait_healthy(service, timeout_s)
+        self._write()
+        return self.pid(service)
+
+    def restart(self, service: str, *, grace_s: float = STOP_GRACE_S) -> int:
+        """Graceful restart: SIGTERM, SIGKILL after `grace_s`, then start again."""
+        pid = self.pid(service)
+        child = self._children.get(service)
+        if child is not None and child.pid == pid:
+            child.stop(grace_s)
+        elif not process.stop_pid(pid, grace_s):
+            raise StackError(f"service {service} (pid {pid}) did not stop")
+        with self._lock:
+            self._info["services"][service]["pid"] = None
+        return self.start_service(service)
+
+    def pause(self, service: str) -> None:
+        """SIGSTOP: the process keeps its sockets but answers nothing."""
+        if not process.signal_pid(self.pid(service), signal.SIGSTOP):
+            raise StackError(f"service {service} is not running")
+
+    def resume(self, service: str) -> None:
+        if not process.signal_pid(self.pid(service), signal.SIGCONT):
+            raise StackError(f"service {service} is not running")
+
+    # --- records ------------------------------------------------------------------
+
+    def export(self, service: str, *, timeout_s: float = 30.0) -> list[dict[str, Any]]:
+        """The service's /audit/export records (NDJSON), fetched directly, not through a proxy."""
+        url = self.url(service) + "/audit/export"
+        try:
+            response = httpx.get(url, headers=self.admin_headers(), timeout=timeout_s)
+        except httpx.HTTPError as exc:
+            raise StackError(f"export from {service} failed: {type(exc).__name__}: {exc}") from exc
+        if response.status_code != 200:
+            raise StackError(
+                f"export from {service} answered {response.status_code}: {response.text[:300]}"
+            )
+        return [json.loads(line) for line in response.text.splitlines() if line.strip()]
+
+
+def _is_service(pid: int, name: str) -> bool:
+    """True when `pid` runs `python -m services.<name>` (guards against pid reuse)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return f"services.{name}".encode() in cmdline
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """`chaosbed up`: start the stack, print where everything is, run until Ctrl-C."""
+    try:
+        bugs = sorted(parse_bugs(args.bugs or ""))
+        run_dir = rundir.create_run_dir(args.runs_dir, "up")
+    except ValueError as exc:
+        print(f"chaosbed up: {exc}", file=sys.stderr)
+        return 3
+    stop_requested = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        stop_requested.set()
+
+    previous = {
+        sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        try:
+            stack = Stack.start(run_dir, bugs=bugs, observe=bool(args.observe))
+        except (StackError, binaries.MissingBinary, process.ProcessError, ValueError) as exc:
+            first_line = str(exc).splitlines()[0]
+            print(f"chaosbed up: stack did not start: {first_line}", file=sys.stderr)
+            print(f"chaosbed up: details in {run_dir}", file=sys.stderr)
+            return 3
+        with stack:
+            print(describe(stack), flush=True)
+            while not stop_requested.wait(0.5):
+                pass
+            print("chaosbed up: stopping", flush=True)
+        return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def describe(stack: Stack) -> str:
+    """Human summary of where everything listens."""
+    info = stack.info
+    lines = [f"chaosbed stack running — run directory {info['run_dir']}"]
+    lines.append("services:")
+    for name, svc in info["services"].items():
+        lines.append(f"  {name:<16} {svc['url']}  (pid {svc['pid']}, docs {svc['url']}/docs)")
+    if info["proxies"]:
+        lines.append("links (Toxiproxy):")
+        for name, proxy in info["proxies"].items():
+            lines.append(f"  {name:<16} {proxy['url']}  -> {proxy['upstream']}")
+        lines.append(f"toxiproxy API      {info['toxiproxy']['api']}")
+    for name, url in (info.get("observe") or {}).items():
+        if isinstance(url, str) and url.startswith("http"):
+            lines.append(f"{name:<18} {url}")
+    lines.append(f"admin token        {info['admin_token']}")
+    lines.append(f"stack.json         {Path(info['run_dir']) / 'stack.json'}")
+    lines.append("Ctrl-C to stop")
+    return "\n".join(lines)
