@@ -476,6 +476,13 @@ class OrderService:
         try:
             with self.store.tx() as tx:
                 outcome, refund_reason = self._settle(tx, event)
+                if event.notify_id is not None:
+                    tx.add_receipt(
+                        notify_id=event.notify_id,
+                        txn_id=event.txn_id,
+                        order_id=event.order_id,
+                        outcome=outcome.value,
+                    )
         except NotificationRefused as exc:
             if event.cause == Cause.NOTIFY:
                 self._refused(exc.code, event.notify_id, event.order_id, event.txn_id)

@@ -84,6 +84,15 @@ CREATE TABLE IF NOT EXISTS notification_rejections (
     reason    TEXT NOT NULL,
     t         REAL NOT NULL
 );
+-- every notification answered with success, written in the transaction that decides the
+-- answer: the audit matches it against the channel's acked notifications (lost acks)
+CREATE TABLE IF NOT EXISTS receipts (
+    notify_id TEXT PRIMARY KEY,
+    txn_id    TEXT NOT NULL,
+    order_id  TEXT NOT NULL,
+    outcome   TEXT NOT NULL,
+    t         REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS recon_cursor (
     id        INTEGER PRIMARY KEY CHECK (id = 1),
     cursor    INTEGER NOT NULL,
@@ -285,6 +294,13 @@ class Tx:
             "INSERT OR IGNORE INTO inbox (txn_id, notify_id, order_id, t, outcome, body_hash)"
             " VALUES (?,?,?,?,?,?)",
             (txn_id, notify_id, order_id, self.t, outcome, body_hash),
+        )
+
+    def add_receipt(self, *, notify_id: str, txn_id: str, order_id: str, outcome: str) -> None:
+        self.conn.execute(
+            "INSERT OR IGNORE INTO receipts (notify_id, txn_id, order_id, outcome, t)"
+            " VALUES (?,?,?,?,?)",
+            (notify_id, txn_id, order_id, outcome, self.t),
         )
 
     def add_outbox(self, order_id: str, kind: str, payload: dict[str, Any] | None = None) -> None:
@@ -508,6 +524,15 @@ class OrderStore:
                 "order_id": r["order_id"],
                 "t": r["t"],
                 "outcome": r["outcome"],
+            }
+        for r in self.conn.execute("SELECT * FROM receipts ORDER BY t").fetchall():
+            yield {
+                "type": "receipt",
+                "notify_id": r["notify_id"],
+                "txn_id": r["txn_id"],
+                "order_id": r["order_id"],
+                "outcome": r["outcome"],
+                "t": r["t"],
             }
         for r in self.conn.execute("SELECT * FROM outbox ORDER BY id").fetchall():
             yield {
