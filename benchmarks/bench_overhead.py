@@ -1,0 +1,299 @@
+"""Telemetry overhead: throughput with no instrumentation vs our telemetry vs the stock
+`opentelemetry-instrumentation-fastapi`, measured in one run, interleaved in rounds.
+
+Two request paths, each driven in-process straight through the ASGI interface (no HTTP
+client in the measurement, so the telemetry's share is not diluted):
+- `minimal`: a place-order-shaped FastAPI route (validated JSON body, an SQLite insert,
+  a JSON answer), one request at a time: the worst case for relative overhead;
+- `order`: the real order service's `POST /orders` (inventory try + channel create over
+  loopback HTTP to a real direct stack, 16 in flight).
+
+Variants (each in its own subprocess, so global tracer providers never mix):
+- `bare`: no spans, no metrics, no access log (telemetry.setup and client metrics stubbed);
+- `ours`: services.common.telemetry as deployed — server + client spans through a
+  BatchSpanProcessor whose exporter encodes OTLP protobuf and discards it (the CPU an
+  OTLP/HTTP export costs, minus the network), RED histograms with exemplars, JSON access log;
+- `stock`: FastAPIInstrumentor (exclude_spans receive/send) + the same span pipeline, no
+  Prometheus metrics; skipped when the package is not installed.
+
+Figures per path and variant: `rps` (wall clock) and `cpu_rps` (requests per CPU second of
+the measured process: steadier on a shared machine).  The budget figure is
+`order_ours_ratio` = ours / bare wall-clock throughput of the place-order path (>= 0.80);
+`minimal_*` shows the fixed per-request cost against an almost empty handler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Header
+from pydantic import BaseModel, Field
+
+ROUNDS = 5
+REQUESTS = {"minimal": 3000, "order": 600}
+WARMUP = {"minimal": 300, "order": 60}
+CONCURRENCY = {"minimal": 1, "order": 16}
+VARIANTS = ("bare", "ours", "stock")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# --- child side: build one variant of one app and measure it -------------------------------
+
+
+class _EncodingExporter:
+    """Span exporter that pays the OTLP protobuf encoding and drops the bytes."""
+
+    def export(self, spans: Sequence[Any]) -> Any:
+        from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        encode_spans(spans).SerializeToString()
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        return None
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+def _span_processor() -> Any:
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    return BatchSpanProcessor(_EncodingExporter())  # type: ignore[arg-type]
+
+
+def _stub_telemetry() -> None:
+    """`bare` and `stock`: our middleware, metrics and access log switched off."""
+    from services.common import http, telemetry
+
+    def setup(app: FastAPI, service_name: str) -> None:
+        return None
+
+    telemetry.setup = setup
+    http.observe_client = lambda *args, **kwargs: None
+
+
+class PlaceOrder(BaseModel):
+    sku: str = Field(min_length=1, max_length=128)
+    qty: int = Field(ge=1, le=1000)
+    amount: int = Field(ge=1, le=100_000_000)
+
+
+def _minimal_app() -> Any:
+    db = sqlite3.connect(":memory:", check_same_thread=False)
+    db.execute("CREATE TABLE orders (id TEXT PRIMARY KEY, key TEXT UNIQUE, sku, qty, amount)")
+    app = FastAPI()
+
+    @app.post("/orders", status_code=201)
+    async def place(
+        body: PlaceOrder, idempotency_key: Annotated[str, Header()]
+    ) -> dict[str, Any]:
+        order_id = uuid.uuid4().hex
+        with db:
+            db.execute(
+                "INSERT INTO orders VALUES (?, ?, ?, ?, ?)",
+                (order_id, idempotency_key, body.sku, body.qty, body.amount),
+            )
+        return {"order_id": order_id, "status": "CREATED", **body.model_dump()}
+
+    return app
+
+
+def _order_app(inventory_url: str, channel_url: str, db_path: str) -> Any:
+    from services.common.settings import Settings
+    from services.order.app import create_app
+
+    settings = Settings(
+        service="order", db_path=db_path, inventory_url=inventory_url, channel_url=channel_url,
+        notify_url="", http_timeout_s=10.0,
+    )
+    return create_app(settings, run_workers=False)
+
+
+def _build(variant: str, target: str, args: argparse.Namespace) -> Any:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    if variant in ("bare", "stock"):
+        _stub_telemetry()
+    if variant == "stock":
+        provider = TracerProvider()
+        provider.add_span_processor(_span_processor())
+        trace.set_tracer_provider(provider)
+    if variant == "ours":
+        from services.common import telemetry
+
+        telemetry.configure_tracing(target)
+        telemetry.add_span_processor(_span_processor())
+
+    if target == "minimal":
+        app = _minimal_app()
+        if variant == "ours":
+            from services.common import telemetry
+
+            telemetry.setup(app, "minimal")
+    else:
+        app = _order_app(args.inventory, args.channel, args.db)
+    if variant == "stock":
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+        from services.common.telemetry import _disable_native_fastapi_telemetry
+
+        _disable_native_fastapi_telemetry(app)
+        FastAPIInstrumentor.instrument_app(app, exclude_spans=["receive", "send"])
+    return app
+
+
+async def _call(app: Any, body: bytes, key: str) -> int:
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/orders", "raw_path": b"/orders", "query_string": b"",
+        "root_path": "", "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", 8000),
+        "headers": [
+            (b"host", b"127.0.0.1:8000"), (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()), (b"idempotency-key", key.encode()),
+        ],
+    }
+    delivered = False
+    status = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    await app(scope, receive, send)
+    return status
+
+
+async def _drive(app: Any, total: int, concurrency: int) -> tuple[float, float]:
+    """(requests per wall second, requests per CPU second of this process)."""
+    body = json.dumps({"sku": "bench", "qty": 1, "amount": 100}).encode()
+    remaining = total
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            status = await _call(app, body, uuid.uuid4().hex)
+            if status not in (200, 201):
+                raise RuntimeError(f"POST /orders answered {status}")
+
+    started, cpu_started = time.perf_counter(), time.process_time()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return (
+        total / (time.perf_counter() - started),
+        total / max(time.process_time() - cpu_started, 1e-9),
+    )
+
+
+async def _child_main(args: argparse.Namespace) -> tuple[float, float]:
+    app = _build(args.variant, args.target, args)
+    async with app.router.lifespan_context(app):
+        await _drive(app, WARMUP[args.target], CONCURRENCY[args.target])
+        return await _drive(app, REQUESTS[args.target], CONCURRENCY[args.target])
+
+
+def child(argv: Sequence[str]) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--variant", choices=VARIANTS, required=True)
+    parser.add_argument("--target", choices=tuple(REQUESTS), required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--inventory", default="")
+    parser.add_argument("--channel", default="")
+    parser.add_argument("--db", default=":memory:")
+    args = parser.parse_args(argv)
+    rps, cpu_rps = asyncio.run(_child_main(args))
+    Path(args.out).write_text(json.dumps({"rps": rps, "cpu_rps": cpu_rps}))
+
+
+# --- parent side ---------------------------------------------------------------------------
+
+
+def _stock_available() -> bool:
+    try:
+        import opentelemetry.instrumentation.fastapi  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _run_child(variant: str, target: str, workdir: Path, extra: list[str]) -> dict[str, float]:
+    out = workdir / f"{target}-{variant}-{uuid.uuid4().hex[:6]}.json"
+    argv = [
+        sys.executable, "-m", "benchmarks.bench_overhead", "--child",
+        "--variant", variant, "--target", target, "--out", str(out), *extra,
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env["CHAOSBED_LOG_LEVEL"] = "INFO"
+    result = subprocess.run(
+        argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True, timeout=300,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"{target}/{variant} failed:\n{result.stderr[-3000:]}")
+    return {k: float(v) for k, v in json.loads(out.read_text()).items()}
+
+
+def main() -> dict[str, object]:
+    from chaosbed.stack import Stack
+
+    variants = [v for v in VARIANTS if v != "stock" or _stock_available()]
+    figures: dict[str, object] = {"variants": ",".join(variants), "rounds": ROUNDS}
+    samples: dict[tuple[str, str, str], list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="chaosbed-bench-overhead-") as tmp:
+        workdir = Path(tmp)
+        stock = {"bench": 100_000_000}
+        with Stack.start(workdir / "stack", direct=True, seed_stock=stock) as stack:
+            order_extra = ["--inventory", stack.url("inventory"), "--channel", stack.url("channel")]
+            for round_no in range(ROUNDS):
+                for target in REQUESTS:
+                    for variant in variants:
+                        extra = (
+                            [*order_extra, "--db", str(workdir / f"order-{variant}-{round_no}.db")]
+                            if target == "order" else []
+                        )
+                        for kind, value in _run_child(variant, target, workdir, extra).items():
+                            samples.setdefault((target, variant, kind), []).append(value)
+    for target in REQUESTS:
+        for kind in ("rps", "cpu_rps"):
+            bare = statistics.median(samples[(target, "bare", kind)])
+            for variant in variants:
+                value = statistics.median(samples[(target, variant, kind)])
+                figures[f"{target}_{variant}_{kind}"] = round(value, 1)
+                if variant != "bare":
+                    suffix = "ratio" if kind == "rps" else "cpu_ratio"
+                    figures[f"{target}_{variant}_{suffix}"] = round(value / bare, 3)
+    if "stock" not in variants:
+        figures["stock"] = "skipped: opentelemetry-instrumentation-fastapi is not installed"
+    figures["budget_ok"] = float(figures["order_ours_ratio"]) >= 0.80  # type: ignore[arg-type]
+    return figures
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child(sys.argv[2:])
+    else:
+        for key, value in main().items():
+            print(f"{key}: {value}")
