@@ -1,0 +1,74 @@
+"""The harness's own metrics: `chaosbed_fault_active{fault,target}` on a loopback port.
+
+Prometheus scrapes it during a run (job `harness`) so Grafana can annotate fault windows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from threading import Thread
+from types import TracebackType
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Gauge, start_http_server
+
+
+class HarnessMetrics:
+    """Owns a private registry (never the global one) and the HTTP server exposing it."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self._fault_active = Gauge(
+            "chaosbed_fault_active",
+            "1 while the fault is applied to the target, else 0",
+            ["fault", "target"],
+            registry=self.registry,
+        )
+        self._server: WSGIServer | None = None
+        self._thread: Thread | None = None
+        self.url: str | None = None
+
+    def declare(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """Expose 0 for every (fault, target) of the timeline from the start."""
+        for fault, target in pairs:
+            self._fault_active.labels(fault=fault, target=target).set(0)
+
+    def set_active(self, fault: str, target: str, active: bool) -> None:
+        self._fault_active.labels(fault=fault, target=target).set(1 if active else 0)
+
+    def value(self, fault: str, target: str) -> float:
+        sample = self.registry.get_sample_value(
+            "chaosbed_fault_active", {"fault": fault, "target": target}
+        )
+        return 0.0 if sample is None else sample
+
+    def serve(self) -> str:
+        """Start serving on an ephemeral 127.0.0.1 port; returns the metrics URL."""
+        if self.url is None:
+            self._server, self._thread = start_http_server(
+                0, addr="127.0.0.1", registry=self.registry
+            )
+            port = self._server.server_address[1]
+            self.url = f"http://127.0.0.1:{port}/metrics"
+        return self.url
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            if self._thread is not None:
+                self._thread.join(timeout=5)
+            self._server = None
+            self._thread = None
+            self.url = None
+
+    def __enter__(self) -> HarnessMetrics:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,533 @@
+"""`chaosbed run SCENARIO`: stack → load + fault timeline → heal → settle → exports → gate.
+
+Every input is validated before anything starts.  Whatever happens after that (the end of
+the load, Ctrl-C/SIGTERM, Locust dying, a harness error), every fault is healed and every
+process this run started is stopped before `cmd_run` returns.
+
+Exit codes: the gate's 0/1/2 with --slo (0 without); 3 harness failure; 64 usage; 130 Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from rich.console import Console
+
+from chaosbed import rundir
+from chaosbed.harness_metrics import HarnessMetrics
+from chaosbed.progress import RunProgress, read_load_progress
+from chaosbed.stack import Stack
+from faults import process
+from faults.drivers import StackDriver
+from faults.scenario import Scenario, ScenarioError, list_scenarios, load_scenario, scenario_path
+from faults.scheduler import Outcome, Scheduler
+from loadtests.runner import locust_command
+from services.common.bugs import UnknownBugError, parse_bugs
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+EXIT_HARNESS, EXIT_USAGE, EXIT_INTERRUPTED = 3, 64, 130
+SERVICES = ("order", "channel", "inventory")
+
+LOAD_START_TIMEOUT_S = 60.0  # Locust boot until its first load_progress.json
+LOAD_OVERRUN_S = 60.0  # Locust still running this long after the load duration: stuck
+EARLY_EXIT_SLACK_S = 5.0  # Locust ending sooner than this before the duration: it died
+LOCUST_STOP_GRACE_S = 10.0
+TICK_S = 0.2
+
+
+class HarnessFailure(RuntimeError):
+    """The harness itself failed (stack, Locust, exports); one clear line for the user."""
+
+
+def _say(message: str) -> None:
+    print(f"chaosbed run: {message}", file=sys.stderr, flush=True)
+
+
+# --- entry points ----------------------------------------------------------------------
+
+
+def cmd_scenarios(args: argparse.Namespace) -> int:
+    try:
+        scenarios = list_scenarios()
+    except ScenarioError as exc:
+        print(f"chaosbed scenarios: {exc}", file=sys.stderr)
+        return EXIT_HARNESS
+    width = max((len(name) for name, _ in scenarios), default=0)
+    for name, description in scenarios:
+        print(f"{name:<{width}}  {description}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    # 1. every input, before anything starts
+    try:
+        scenario = load_scenario(args.scenario)
+    except ScenarioError as exc:
+        _say(f"bad scenario: {exc}")
+        return EXIT_HARNESS
+    if args.workers < 0:
+        _say(f"--workers must be >= 0, got {args.workers}")
+        return EXIT_USAGE
+    try:
+        bugs = sorted(parse_bugs(args.bugs or ""))
+    except UnknownBugError as exc:
+        _say(f"--bugs: {exc}")
+        return EXIT_USAGE
+    slo_path = _in_repo(Path(args.slo)) if args.slo else None
+    if slo_path is not None:
+        problem = _check_slo(slo_path)
+        if problem:
+            _say(f"bad SLO file: {problem}")
+            return EXIT_HARNESS
+    baseline = Path(args.baseline) if args.baseline else None
+    if baseline is not None and not (baseline / "result.json").is_file():
+        _say(f"--baseline {baseline}: not a finished run directory (no result.json)")
+        return EXIT_HARNESS
+    attach = Path(args.attach) if args.attach else None
+    if attach is not None and not attach.is_file():
+        _say(f"--attach {attach}: no such stack.json")
+        return EXIT_HARNESS
+
+    # 2. the run
+    pipeline = RunPipeline(
+        scenario,
+        scenario_text=scenario_path(args.scenario).read_text(),
+        runs_dir=Path(args.runs_dir),
+        bugs=bugs,
+        workers=args.workers,
+        slo_path=slo_path,
+        baseline=baseline,
+        attach=attach,
+        observe=bool(args.observe),
+    )
+    return pipeline.execute()
+
+
+def _in_repo(path: Path) -> Path:
+    """A relative path that does not exist here but does in the repository (`slos/x.yaml`)."""
+    if path.exists() or path.is_absolute() or not (PROJECT_ROOT / path).exists():
+        return path
+    return PROJECT_ROOT / path
+
+
+def _check_slo(path: Path) -> str | None:
+    """The SLO file's load error, or None.  Without slos.model, only its existence is checked."""
+    if not path.is_file():
+        return f"{path}: no such file"
+    try:
+        from slos.model import load_slo
+    except ImportError:
+        return None
+    try:
+        load_slo(path)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+# --- signals ---------------------------------------------------------------------------
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """SIGINT and SIGTERM both end the run the Ctrl-C way."""
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextmanager
+def _signals_ignored() -> Iterator[None]:
+    """Cleanup must finish: a second Ctrl-C must not leave processes or faults behind."""
+    previous = {
+        sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+# --- the pipeline ----------------------------------------------------------------------
+
+
+class RunPipeline:
+    def __init__(
+        self,
+        scenario: Scenario,
+        *,
+        scenario_text: str,
+        runs_dir: Path,
+        bugs: list[str],
+        workers: int,
+        slo_path: Path | None,
+        baseline: Path | None,
+        attach: Path | None,
+        observe: bool,
+    ) -> None:
+        self.scenario = scenario
+        self.scenario_text = scenario_text
+        self.runs_dir = runs_dir
+        self.bugs = bugs
+        self.workers = workers
+        self.slo_path = slo_path
+        self.baseline = baseline
+        self.attach = attach
+        self.observe = observe
+        self.run_dir: Path | None = None
+        self.meta: dict[str, Any] = {}
+        self.stack: Stack | None = None
+        self.locust: process.Child | None = None
+        self.driver: StackDriver | None = None
+        self.scheduler: Scheduler | None = None
+        self.faults_log: rundir.NdjsonWriter | None = None
+        self.metrics = HarnessMetrics()
+        self.console = Console(stderr=True)
+        self.progress = RunProgress(f"chaosbed run {scenario.name}", console=self.console)
+        self._t0: float | None = None
+
+    # --- the run -------------------------------------------------------------------
+
+    def execute(self) -> int:
+        try:
+            self.run_dir = rundir.create_run_dir(self.runs_dir, self.scenario.name)
+            (self.run_dir / "scenario.yaml").write_text(self.scenario_text)
+        except (OSError, rundir.RunDirError) as exc:
+            _say(f"harness failure: cannot create the run directory: {exc}")
+            return EXIT_HARNESS
+        self.meta = {
+            "scenario": self.scenario.name,
+            "started": time.time(),
+            "load_started": None,
+            "load_ended": None,
+            "settle_ended": None,
+            "bugs": self.bugs,
+            "slo": str(self.slo_path) if self.slo_path else None,
+            "workers": self.workers,
+            "baseline": str(self.baseline) if self.baseline else None,
+            "attached": str(self.attach) if self.attach else None,
+            "status": "running",
+            "error": None,
+        }
+        self._write_meta()
+        _say(f"run directory {self.run_dir}")
+        try:
+            with _signals_interrupt():
+                with self.progress:
+                    self._run()
+                code = self._finish()
+        except KeyboardInterrupt:
+            with _signals_ignored():
+                self._cleanup()
+            self.meta["status"] = "interrupted"
+            self._write_meta()
+            _say(f"interrupted: faults healed, processes stopped; partial run in {self.run_dir}")
+            return EXIT_INTERRUPTED
+        except Exception as exc:
+            with _signals_ignored():
+                self._cleanup()
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if not isinstance(exc, HarnessFailure):
+                message = f"{type(exc).__name__}: {message}"
+            self.meta["status"] = "failed"
+            self.meta["error"] = message
+            self._write_meta()
+            _say(f"harness failure: {message} (details in {self.run_dir})")
+            return EXIT_HARNESS
+        return code
+
+    def _run(self) -> None:
+        assert self.run_dir is not None
+        self._start_stack()
+        self._start_load()
+        self._drive_load()
+        self._heal_all()
+        self._settle()
+        self._collect_exports()
+        self._cleanup()
+
+    # --- phases --------------------------------------------------------------------
+
+    def _start_stack(self) -> None:
+        assert self.run_dir is not None
+        if self.attach is not None:
+            self.progress.phase(f"attaching to {self.attach}")
+            self.stack = Stack.attach(self.attach)
+            if self.scenario.services:
+                _say("attached stack keeps its own service timings; scenario `services` ignored")
+        else:
+            self.progress.phase("starting stack")
+            self.stack = Stack.start(
+                self.run_dir,
+                bugs=self.bugs,
+                # the seed also drives the channel's random fault decisions (replayable runs)
+                service_env={
+                    **self.scenario.service_env(),
+                    "CHAOSBED_SEED": str(self.scenario.seed),
+                },
+                seed_stock=dict(self.scenario.load.skus),
+                observe=self.observe,
+            )
+        stack = self.stack
+        self.metrics.declare(self.scenario.fault_targets())
+        url = self.metrics.serve()
+        stack.info["harness_metrics"] = url
+        self._write_stack_json()
+        _add_scrape_target(stack, "harness", url)
+        self.driver = StackDriver(stack)
+        self.faults_log = rundir.NdjsonWriter(self.run_dir / "faults.ndjson")
+        self.scheduler = Scheduler(
+            self.scenario.timeline,
+            self.driver,
+            record=self.faults_log.write,
+            gauge=self.metrics,
+            on_outcome=self._show_outcome,
+        )
+
+    def _start_load(self) -> None:
+        assert self.run_dir is not None and self.stack is not None
+        self.progress.phase("starting load generator")
+        argv, env = locust_command(
+            stack_info=self.stack.info,
+            load=self.scenario.load_dict(),
+            duration_s=self.scenario.duration,
+            seed=self.scenario.seed,
+            run_dir=self.run_dir,
+            workers=self.workers,
+        )
+        locust = self.locust = process.Child(
+            argv,
+            env={**os.environ, **env},
+            log_path=self.run_dir / "locust.log",
+            cwd=PROJECT_ROOT,
+        )
+        progress_file = self.run_dir / "load_progress.json"
+        deadline = time.monotonic() + LOAD_START_TIMEOUT_S
+        while (first := read_load_progress(progress_file)) is None:
+            if not locust.running():
+                raise HarnessFailure(
+                    f"Locust exited at start (code {locust.popen.returncode}): "
+                    f"{_last_line(self.run_dir / 'locust.log')}"
+                )
+            if time.monotonic() > deadline:
+                raise HarnessFailure(
+                    f"Locust did not start the load within {LOAD_START_TIMEOUT_S:.0f}s "
+                    f"(see {self.run_dir / 'locust.log'})"
+                )
+            time.sleep(0.05)
+        # Locust writes its first progress as the load starts; `elapsed` covers the delay
+        since = max(0.0, float(first.get("elapsed") or 0.0))
+        self._t0 = time.monotonic() - since
+        self.meta["load_started"] = time.time() - since
+        self._write_meta()
+
+    def _drive_load(self) -> None:
+        assert self.scheduler is not None and self._t0 is not None and self.run_dir is not None
+        assert self.locust is not None
+        locust = self.locust
+        duration = self.scenario.duration
+        self.scheduler.begin(self._t0)
+        self.progress.phase("load", duration)
+        progress_file = self.run_dir / "load_progress.json"
+        while True:
+            now = time.monotonic()
+            self.scheduler.tick(now)
+            self.progress.update(load=read_load_progress(progress_file), active=self._active())
+            if not locust.running():
+                break
+            if now - self._t0 > duration + LOAD_OVERRUN_S:
+                raise HarnessFailure(
+                    f"Locust still running {LOAD_OVERRUN_S:.0f}s after the load duration "
+                    f"(see {self.run_dir / 'locust.log'})"
+                )
+            due = self.scheduler.next_due()
+            wait = TICK_S if due is None else max(0.0, min(TICK_S, self._t0 + due - now))
+            time.sleep(wait)
+        elapsed = time.monotonic() - self._t0
+        code = locust.popen.returncode
+        self.meta["load_ended"] = time.time()
+        self._write_meta()
+        if code != 0:
+            raise HarnessFailure(
+                f"Locust died after {elapsed:.0f}s with code {code}: "
+                f"{_last_line(self.run_dir / 'locust.log')}"
+            )
+        if elapsed < duration - EARLY_EXIT_SLACK_S:
+            raise HarnessFailure(
+                f"Locust stopped after {elapsed:.0f}s of a {duration:g}s load "
+                f"(see {self.run_dir / 'locust.log'})"
+            )
+
+    def _heal_all(self) -> None:
+        if self.scheduler is not None:
+            self.progress.phase("healing")
+            self.scheduler.heal_all()
+
+    def _settle(self) -> None:
+        settle = self.scenario.settle
+        self.progress.phase("settle (active query, reconciliation)", settle)
+        end = time.monotonic() + settle
+        while time.monotonic() < end:
+            self.progress.update(active=self._active())
+            time.sleep(min(0.5, max(0.0, end - time.monotonic())))
+        self.meta["settle_ended"] = time.time()
+        self._write_meta()
+
+    def _collect_exports(self) -> None:
+        assert self.run_dir is not None and self.stack is not None
+        self.progress.phase("collecting audit exports")
+        exports = self.run_dir / "exports"
+        exports.mkdir(exist_ok=True)
+        for service in SERVICES:
+            try:
+                records = self.stack.export(service)
+            except Exception as exc:
+                raise HarnessFailure(f"audit export of {service} failed: {exc}") from exc
+            rundir.write_ndjson(exports / f"{service}.ndjson", records)
+
+    def _finish(self) -> int:
+        """After a complete run: heal problems, the gate's verdict, the exit code."""
+        assert self.run_dir is not None
+        heal_errors = self.scheduler.heal_errors if self.scheduler is not None else []
+        self.meta["status"] = "complete"
+        if heal_errors:
+            self.meta["error"] = "heal failed: " + "; ".join(heal_errors)
+        self._write_meta()
+        code = 0
+        if self.slo_path is not None:
+            code = self._gate()
+        else:
+            _say(f"run complete: {self.run_dir}")
+        if heal_errors:
+            _say(f"harness failure: heal failed, the system was not restored: {heal_errors[0]}")
+            return EXIT_HARNESS
+        return code
+
+    def _gate(self) -> int:
+        assert self.run_dir is not None and self.slo_path is not None
+        from slos.gate import evaluate_run
+
+        self.console.print("evaluating objectives…", highlight=False)
+        try:
+            result = evaluate_run(self.run_dir, self.slo_path, self.baseline)
+        except Exception as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            _say(f"harness failure: the gate could not evaluate the run: {first}")
+            return EXIT_HARNESS
+        print(_verdict_text(result), flush=True)
+        return int(result.exit_code)
+
+    # --- cleanup -------------------------------------------------------------------
+
+    def _cleanup(self) -> None:
+        """Heal, stop Locust, stop the stack (unless attached).  Safe to call twice."""
+        steps: list[tuple[str, Callable[[], None]]] = [
+            ("heal faults", self._heal_quietly),
+            ("stop Locust", self._stop_locust),
+            ("stop stack", self._stop_stack),
+            ("close", self._close),
+        ]
+        for what, action in steps:
+            try:
+                action()
+            except Exception as exc:  # cleanup goes on: nothing may be left behind
+                _say(f"cleanup: {what} failed: {type(exc).__name__}: {exc}")
+
+    def _heal_quietly(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.heal_all()
+
+    def _stop_locust(self) -> None:
+        if self.locust is not None:
+            self.locust.stop(LOCUST_STOP_GRACE_S)
+
+    def _stop_stack(self) -> None:
+        if self.stack is None:
+            return
+        if self.attach is not None:
+            self._write_stack_json()  # our copy, with the pids as they are now
+        else:
+            self.progress.phase("stopping stack")
+        self.stack.stop()
+
+    def _close(self) -> None:
+        if self.driver is not None:
+            self.driver.close()
+        if self.faults_log is not None:
+            self.faults_log.close()
+            self.faults_log = None
+        self.metrics.close()
+
+    # --- helpers -------------------------------------------------------------------
+
+    def _active(self) -> list[str]:
+        if self.scheduler is None:
+            return []
+        return [step.label() for _, step in self.scheduler.active()]
+
+    def _show_outcome(self, outcome: Outcome) -> None:
+        started = self.meta.get("load_started")
+        elapsed = outcome.t - started if started is not None else 0.0
+        what = f"step {outcome.index}: {outcome.step.label()}"
+        stamp = f"[{elapsed:6.1f}s]"
+        if outcome.ok:
+            verb = "applied" if outcome.event == "apply" else "healed"
+            self.progress.log(f"{stamp} {verb} {what}")
+        elif outcome.event == "apply":
+            self.progress.log(f"[yellow]{stamp} could not apply {what}: {outcome.error}[/]")
+        else:
+            self.progress.log(f"[bold red]{stamp} HEAL FAILED {what}: {outcome.error}[/]")
+
+    def _write_meta(self) -> None:
+        if self.run_dir is not None:
+            rundir.write_json(self.run_dir / "run.json", self.meta)
+
+    def _write_stack_json(self) -> None:
+        assert self.run_dir is not None and self.stack is not None
+        rundir.write_json(self.run_dir / "stack.json", self.stack.info)
+
+
+def _add_scrape_target(stack: Any, job: str, url: str) -> None:
+    """Let the stack's Prometheus (if any) scrape the harness gauge."""
+    add = getattr(stack, "add_scrape_target", None)
+    if callable(add):
+        add(job, url)
+        return
+    observers = getattr(stack, "_observers", None)
+    if observers is not None and hasattr(observers, "add_targets"):
+        observers.add_targets({job: url})
+
+
+def _verdict_text(result: Any) -> str:
+    """The gate's verdict in plain words, what went wrong, and where the report is."""
+    lines = [f"verdict: {str(result.verdict).upper()} (exit {result.exit_code})", result.headline]
+    lines += [f"  - {problem}" for problem in list(result.problems)[:10]]
+    outputs = dict(result.outputs)
+    where = outputs.get("html") or outputs.get("result") or str(result.run_dir)
+    lines.append(f"report: {where}")
+    return "\n".join(lines)
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "(no log)"
+    return lines[-1][:300] if lines else "(empty log)"
