@@ -25,7 +25,7 @@ from rich.console import Console
 from chaosbed import rundir
 from chaosbed.harness_metrics import HarnessMetrics
 from chaosbed.progress import RunProgress, read_load_progress
-from chaosbed.stack import Stack
+from chaosbed.stack import Stack, free_port
 from faults import process
 from faults.drivers import StackDriver
 from faults.scenario import Scenario, ScenarioError, list_scenarios, load_scenario, scenario_path
@@ -290,7 +290,7 @@ class RunPipeline:
         url = self.metrics.serve()
         stack.info["harness_metrics"] = url
         self._write_stack_json()
-        _add_scrape_target(stack, "harness", url)
+        stack.add_scrape_target("harness", url)
         self.driver = StackDriver(stack)
         self.faults_log = rundir.NdjsonWriter(self.run_dir / "faults.ndjson")
         self.scheduler = Scheduler(
@@ -312,6 +312,11 @@ class RunPipeline:
             run_dir=self.run_dir,
             workers=self.workers,
         )
+        if self.stack.info.get("observe"):
+            # client-side latency/throughput from the load generator, next to the server's
+            load_port = free_port()
+            env["CHAOSBED_LOAD_METRICS_PORT"] = str(load_port)
+            self.stack.add_scrape_target("loadgen", f"http://127.0.0.1:{load_port}/metrics")
         locust = self.locust = process.Child(
             argv,
             env={**os.environ, **env},
@@ -502,17 +507,6 @@ class RunPipeline:
     def _write_stack_json(self) -> None:
         assert self.run_dir is not None and self.stack is not None
         rundir.write_json(self.run_dir / "stack.json", self.stack.info)
-
-
-def _add_scrape_target(stack: Any, job: str, url: str) -> None:
-    """Let the stack's Prometheus (if any) scrape the harness gauge."""
-    add = getattr(stack, "add_scrape_target", None)
-    if callable(add):
-        add(job, url)
-        return
-    observers = getattr(stack, "_observers", None)
-    if observers is not None and hasattr(observers, "add_targets"):
-        observers.add_targets({job: url})
 
 
 def _verdict_text(result: Any) -> str:

@@ -466,6 +466,11 @@ class Stack:
     def admin_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._info['admin_token']}"}
 
+    def add_scrape_target(self, job: str, url: str) -> None:
+        """Let this stack's Prometheus (when observing) scrape one more metrics endpoint."""
+        if self._observers is not None:
+            self._observers.add_targets({job: url})
+
     def pid(self, service: str) -> int:
         pid = self._service(service)["pid"]
         if not pid:

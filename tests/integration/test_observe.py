@@ -53,7 +53,7 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
         try:
             binaries.find(name)
         except binaries.MissingBinary as exc:
-            pytest.skip(str(exc))
+            pytest.fail(f"observation binaries missing (run make setup): {exc}")
     run_dir = tmp_path_factory.mktemp("observe")
     stack = Stack.start(
         run_dir, observe=True, service_env=SERVICE_TIMINGS, seed_stock=LOAD["skus"]
@@ -61,14 +61,12 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
     harness = HarnessMetrics()
     locust: subprocess.Popen[bytes] | None = None
     try:
-        observers = stack._observers
-        assert observers is not None, "Stack.start(observe=True) started no observers"
+        assert stack.info.get("observe"), "Stack.start(observe=True) started no observers"
         harness.declare([("latency", "order_channel"), ("kill", "order")])
         harness.set_active("latency", "order_channel", True)
         load_port = free_port()
-        observers.add_targets(
-            {"harness": harness.serve(), "loadgen": f"http://127.0.0.1:{load_port}/metrics"}
-        )
+        stack.add_scrape_target("harness", harness.serve())
+        stack.add_scrape_target("loadgen", f"http://127.0.0.1:{load_port}/metrics")
         argv, env = locust_command(
             stack_info=stack.info, load=LOAD, duration_s=LOAD_SECONDS, seed=7,
             run_dir=run_dir, workers=0,

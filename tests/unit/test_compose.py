@@ -223,7 +223,7 @@ def test_docker_compose_config_accepts_the_file() -> None:
     ).returncode == 0:
         argv = ["docker", "compose"]
     else:
-        pytest.skip("neither docker-compose nor the docker compose plugin is installed")
+        pytest.fail("neither docker-compose nor the docker compose plugin: run make setup")
     result = subprocess.run(
         [*argv, "-f", str(ROOT / "docker-compose.yml"), "config", "--quiet"],
         capture_output=True, text=True, timeout=60, cwd=ROOT,
