@@ -61,7 +61,8 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
     harness = HarnessMetrics()
     locust: subprocess.Popen[bytes] | None = None
     try:
-        assert stack.info.get("observe"), "Stack.start(observe=True) started no observers"
+        observers = stack._observers
+        assert observers is not None, "Stack.start(observe=True) started no observers"
         harness.declare([("latency", "order_channel"), ("kill", "order")])
         harness.set_active("latency", "order_channel", True)
         load_port = free_port()
