@@ -1,0 +1,337 @@
+"""The gate: audit a finished run, evaluate an SLO file on it, write the verdict everywhere.
+
+Outputs in the run directory: audit.json, result.json, junit.xml, report.md, report.html.
+Exit codes: 0 pass (or warning) · 1 fail · 2 unknown · 3 harness error (bad SLO file, run
+directory unreadable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chaosbed.rundir import RunDirError, read_json, write_json
+from slos.audit import AuditResult, audit, write_audit
+from slos.checkers import INFO_VERDICT, INVALID, UNKNOWN, VALID
+from slos.evaluate import (
+    FAIL_TIER,
+    PASS,
+    WARNING,
+    BaselineError,
+    Evaluator,
+    FaultWindow,
+    ObjectiveResult,
+    load_baseline,
+)
+from slos.model import SloFile, SloFileError, load_slo
+from slos.records import Records, RecordsError, load_run
+
+EXIT_PASS, EXIT_FAIL, EXIT_UNKNOWN, EXIT_HARNESS = 0, 1, 2, 3
+ERROR = "error"
+EXIT_CODES = {PASS: EXIT_PASS, WARNING: EXIT_PASS, FAIL_TIER: EXIT_FAIL, UNKNOWN: EXIT_UNKNOWN,
+              ERROR: EXIT_HARNESS}
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# What each anomaly means to someone who does not read the code ("{n}" is the count).
+PLAIN: dict[str, str] = {
+    "P1": "{n} payment(s) the shopper was told had succeeded were lost by the order service",
+    "P2": "{n} shopper(s) were told their payment succeeded but no money was taken",
+    "P3": "{n} shopper(s) were told their payment failed but were charged anyway",
+    "P4": "{n} payment(s) appeared without the shopper paying",
+    "P6": "{n} shopper(s) were charged but their order was never marked paid",
+    "P7": "{n} order(s) were marked paid without any money received",
+    "P8": "{n} shopper(s) were charged twice",
+    "P9": "{n} order(s) were confirmed or fulfilled more than once",
+    "P10": "{n} charge(s) did not match the order amount",
+    "P12": "{n} forged payment notification(s) were accepted",
+    "O1": "{n} order(s) the shopper was told exist are missing",
+    "O2": "{n} order(s) were created twice",
+    "O3": "{n} order(s) are stuck, neither paid nor closed",
+    "I1": "stock was oversold for {n} product(s)",
+    "I2": "stock does not add up for {n} product(s)",
+    "I3": "{n} stock reservation(s) were never released",
+    "I4": "{n} reservation(s) took stock after their order was cancelled",
+    "I5": "{n} order(s) had stock sold unpaid, or released while paid",
+    "Q1": "{n} internal message(s) were never delivered",
+}
+
+
+class GateError(Exception):
+    """The harness could not evaluate the run (exit 3)."""
+
+
+@dataclass(slots=True)
+class GateResult:
+    verdict: str  # pass | warning | fail | unknown | error
+    exit_code: int
+    headline: str
+    run_dir: Path
+    slo: SloFile | None = None
+    objectives: list[ObjectiveResult] = field(default_factory=list)
+    audit: AuditResult | None = None
+    windows: list[FaultWindow] = field(default_factory=list)
+    baseline: dict[str, Any] | None = None
+    problems: list[str] = field(default_factory=list)
+    error: str | None = None
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "verdict": self.verdict,
+            "exit_code": self.exit_code,
+            "headline": self.headline,
+            "problems": self.problems,
+            "error": self.error,
+            "run_dir": str(self.run_dir),
+            "slo": None if self.slo is None else {"name": self.slo.name, "path": self.slo.path,
+                                                  "description": self.slo.description},
+            "objectives": [o.to_dict() for o in self.objectives],
+            "audit": None if self.audit is None else self.audit.to_dict(),
+            "fault_windows": [w.to_dict() for w in self.windows],
+            "baseline": None if self.baseline is None else {
+                "path": self.baseline.get("_path"), "verdict": self.baseline.get("verdict")},
+            "generated_at": time.time(),
+        }
+
+
+# --- verdict -----------------------------------------------------------------
+
+
+def decide(objectives: list[ObjectiveResult], result: AuditResult) -> tuple[str, list[str]]:
+    """The gate's verdict and what went wrong, in plain words, worst first."""
+    problems: list[str] = []
+    for check in result.anomalies():
+        problems.append(PLAIN.get(check.cls, "{n} " + check.name).format(n=check.count))
+    failed = [o for o in objectives if o.tier == FAIL_TIER]
+    failed.sort(key=lambda o: not o.key)
+    for o in failed:
+        blocking = " (key objective)" if o.key else ""
+        problems.append(f"{o.name}{blocking}: {o.reason or f'measured {o.shown} vs {o.objective}'}")
+    if problems:
+        return FAIL_TIER, problems
+    undecided = [f"{o.name}: {o.reason}" for o in objectives if o.tier == UNKNOWN]
+    if result.verdict == UNKNOWN:
+        undecided += [f"audit: {reason}" for reason in result.reasons]
+    if undecided:
+        return UNKNOWN, undecided
+    warnings = [f"{o.name}: {o.reason}" for o in objectives if o.tier == WARNING]
+    if warnings:
+        return WARNING, warnings
+    return PASS, []
+
+
+def headline(verdict: str, problems: list[str], result: AuditResult | None) -> str:
+    safe_money = result is not None and result.verdict == VALID
+    if verdict == PASS:
+        return ("Release looks safe: no money or stock was lost, no order was lost or "
+                "duplicated, and every objective was met.")
+    if verdict == WARNING:
+        return ("Release looks safe, with warnings: no money or stock was lost, but "
+                f"{len(problems)} objective(s) only reached their warning level.")
+    if verdict == FAIL_TIER:
+        lead = ("Release is NOT safe: " if result is not None and result.verdict == INVALID
+                else "Release does not meet its objectives" +
+                (" (no money or stock was lost): " if safe_money else ": "))
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        return lead + "; ".join(problems[:3]) + more + "."
+    if verdict == UNKNOWN:
+        return ("Cannot tell whether the release is safe: there was not enough evidence ("
+                + "; ".join(problems[:2]) + ").")
+    return "The gate could not evaluate this run: " + "; ".join(problems)
+
+
+# --- the gate ----------------------------------------------------------------
+
+
+def evaluate_run(run_dir: Path, slo_path: Path, baseline: Path | None) -> GateResult:
+    """Audit the run, evaluate `slo_path` on it, write every output; never raises on bad input:
+    a harness problem is a result with verdict `error` and exit code 3."""
+    run_dir = Path(run_dir)
+    try:
+        slo = load_slo(slo_path)
+        previous = load_baseline(Path(baseline)) if baseline is not None else None
+        records = load_run(run_dir)
+    except (SloFileError, RecordsError, BaselineError, OSError) as exc:
+        return _harness_error(run_dir, str(exc))
+    return gate_records(run_dir, records, slo, previous)
+
+
+def gate_records(run_dir: Path, records: Records, slo: SloFile,
+                 previous: dict[str, Any] | None = None) -> GateResult:
+    """The gate over records already loaded; writes the outputs into `run_dir`."""
+    result = audit(records)
+    evaluator = Evaluator(records, result, slo)
+    objectives = evaluator.run(previous)
+    verdict, problems = decide(objectives, result)
+    gate = GateResult(
+        verdict=verdict,
+        exit_code=EXIT_CODES[verdict],
+        headline=headline(verdict, problems, result),
+        run_dir=run_dir,
+        slo=slo,
+        objectives=objectives,
+        audit=result,
+        windows=evaluator.windows,
+        baseline=previous,
+        problems=problems,
+    )
+    write_outputs(gate, records)
+    return gate
+
+
+def _harness_error(run_dir: Path, message: str) -> GateResult:
+    gate = GateResult(ERROR, EXIT_HARNESS, headline(ERROR, [message], None), run_dir,
+                      problems=[message], error=message)
+    if run_dir.is_dir():
+        gate.outputs["result"] = str(write_json(run_dir / "result.json", gate.to_dict()))
+    return gate
+
+
+def write_outputs(gate: GateResult, records: Records) -> None:
+    from slos.report_html import render_html  # matplotlib is slow to import; only when writing
+
+    run_dir = gate.run_dir
+    assert gate.audit is not None
+    gate.outputs["audit"] = str(write_audit(gate.audit, run_dir))
+    junit = run_dir / "junit.xml"
+    junit.write_text(render_junit(gate))
+    md = run_dir / "report.md"
+    md.write_text(render_markdown(gate))
+    html = run_dir / "report.html"
+    html.write_text(render_html(gate, records))
+    gate.outputs.update(junit=str(junit), markdown=str(md), html=str(html))
+    gate.outputs["result"] = str(run_dir / "result.json")
+    write_json(run_dir / "result.json", {**gate.to_dict(), "outputs": gate.outputs})
+
+
+# --- junit.xml ---------------------------------------------------------------
+
+
+def render_junit(gate: GateResult) -> str:
+    """One testsuite for the objectives and one for the anomaly classes."""
+    root = ET.Element("testsuites", name=f"chaosbed {gate.run_dir.name}")
+    slo_name = gate.slo.name if gate.slo is not None else "slo"
+    suite = ET.SubElement(root, "testsuite", name=f"slo {slo_name}")
+    for o in gate.objectives:
+        case = ET.SubElement(suite, "testcase", classname=f"chaosbed.slo.{slo_name}",
+                             name=o.name, time="0")
+        message = f"measured {o.shown} vs objective {o.objective}"
+        if o.tier == FAIL_TIER:
+            failure = ET.SubElement(case, "failure", message=message, type="slo")
+            failure.text = o.reason
+        elif o.tier == UNKNOWN:
+            error = ET.SubElement(case, "error", message=f"unknown: {o.reason}", type="unknown")
+            error.text = f"{message} ({o.samples} samples, {o.min_samples} needed)"
+        else:
+            out = ET.SubElement(case, "system-out")
+            out.text = f"{o.tier}: {message} ({o.samples} samples) {o.reason}".strip()
+    if gate.audit is not None:
+        audit_suite = ET.SubElement(root, "testsuite", name="audit")
+        for check in gate.audit.checks.values():
+            case = ET.SubElement(audit_suite, "testcase", classname="chaosbed.audit",
+                                 name=f"{check.cls} {check.name}", time="0")
+            examples = "\n".join(f"order {e.get('order_id') or e.get('sku')} "
+                                 f"trace {e.get('trace_id')}: {e['detail']}"
+                                 for e in check.examples)
+            if check.verdict == INVALID:
+                failure = ET.SubElement(case, "failure", type="anomaly",
+                                        message=f"measured {check.count} vs objective count == 0")
+                failure.text = examples
+            elif check.verdict == UNKNOWN:
+                ET.SubElement(case, "error", type="unknown", message=f"unknown: {check.error}")
+            elif check.verdict == INFO_VERDICT:
+                out = ET.SubElement(case, "system-out")
+                out.text = f"info: {check.count} {check.stats}"
+    for s in root.iter("testsuite"):
+        cases = list(s.iter("testcase"))
+        s.set("tests", str(len(cases)))
+        s.set("failures", str(sum(1 for c in cases if c.find("failure") is not None)))
+        s.set("errors", str(sum(1 for c in cases if c.find("error") is not None)))
+        s.set("skipped", "0")
+        s.set("time", "0")
+    for name in ("tests", "failures", "errors"):
+        root.set(name, str(sum(int(s.get(name, "0")) for s in root.iter("testsuite"))))
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+# --- report.md ---------------------------------------------------------------
+
+_MARK = {PASS: "✅ pass", WARNING: "⚠️ warning", FAIL_TIER: "❌ fail", UNKNOWN: "❔ unknown"}
+
+
+def render_markdown(gate: GateResult) -> str:
+    lines = [f"### chaosbed: {gate.verdict.upper()} — {gate.run_dir.name}", "", gate.headline, ""]
+    if gate.objectives:
+        lines += ["| objective | measured | objective | tier | samples |",
+                  "|---|---|---|---|---|"]
+        for o in gate.objectives:
+            key = " 🔑" if o.key else ""
+            lines.append(f"| {o.name}{key} | {o.shown} | `{o.objective}` | "
+                         f"{_MARK.get(o.tier, o.tier)} | {o.samples} |")
+        lines.append("")
+    if gate.audit is not None:
+        found = gate.audit.anomalies()
+        if found:
+            lines.append("**Anomalies**")
+            for c in found:
+                ids = ", ".join(str(e.get("order_id") or e.get("sku")) for e in c.examples[:3])
+                lines.append(f"- {c.cls} {c.name}: {c.count} (e.g. {ids})")
+        else:
+            lines.append(f"Audit: {gate.audit.verdict} ({gate.audit.completed_ops} completed "
+                         f"operations, {gate.audit.orders} orders).")
+        lines.append("")
+    if gate.windows:
+        lines.append(f"Faults: {len(gate.windows)} window(s) — "
+                     + ", ".join(f"{w.fault}@{w.target}" for w in gate.windows))
+        lines.append("")
+    lines.append(f"Full report: `{gate.run_dir / 'report.html'}`")
+    return "\n".join(lines) + "\n"
+
+
+# --- CLI ---------------------------------------------------------------------
+
+
+def _resolve(path: str) -> Path:
+    candidate = Path(path)
+    if candidate.exists() or candidate.is_absolute():
+        return candidate
+    in_repo = REPO_ROOT / candidate
+    return in_repo if in_repo.exists() else candidate
+
+
+def _print(gate: GateResult) -> int:
+    print(f"verdict: {gate.verdict.upper()} (exit {gate.exit_code})")
+    print(gate.headline)
+    for problem in gate.problems[:10]:
+        print(f"  - {problem}")
+    if "html" in gate.outputs:
+        print(f"report: {gate.outputs['html']}")
+    elif "result" in gate.outputs:
+        print(f"result: {gate.outputs['result']}")
+    return gate.exit_code
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    baseline = _resolve(args.baseline) if getattr(args, "baseline", None) else None
+    return _print(evaluate_run(Path(args.run_dir), _resolve(args.slo), baseline))
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run_dir)
+    slo = getattr(args, "slo", None)
+    if not slo:
+        try:
+            run = read_json(run_dir / "run.json")
+        except RunDirError as exc:
+            return _print(_harness_error(run_dir, f"no --slo given and {exc}"))
+        slo = run.get("slo") if isinstance(run, dict) else None
+        if not slo:
+            return _print(_harness_error(
+                run_dir, f"no --slo given and {run_dir / 'run.json'} records no SLO file"))
+    baseline = _resolve(args.baseline) if getattr(args, "baseline", None) else None
+    return _print(evaluate_run(run_dir, _resolve(str(slo)), baseline))

@@ -1,0 +1,194 @@
+"""SLO files (slos/*.yaml) parsed once, at the edge, into typed models.
+
+An unknown SLI, operation, phase or anomaly class, or a threshold that does not parse, is a
+`SloFileError` at load time naming the file, the objective (index and name) and the reason.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from slos.checkers import CHECKERS
+from slos.expr import ExpressionError, Threshold, parse, parse_regression
+
+Sli = Literal[
+    "latency", "success_rate", "throughput", "recovery_time", "payment_lag",
+    "confirmation_time", "anomaly",
+]
+Operation = Literal["place_order", "pay", "poll", "forge", "browse", "journey"]
+Phase = Literal["steady", "fault", "recovery", "all"]
+
+TIME_SLIS = frozenset({"latency", "recovery_time", "payment_lag", "confirmation_time"})
+# Which aggregations make sense for which SLI.
+_DISTRIBUTION = frozenset({"p", "avg", "med", "min", "max", "count"})
+ALLOWED_AGGREGATIONS: dict[str, frozenset[str]] = {
+    "latency": _DISTRIBUTION,
+    "payment_lag": _DISTRIBUTION,
+    "recovery_time": _DISTRIBUTION,
+    "confirmation_time": _DISTRIBUTION | {"rate"},  # rate = share of payers who saw PAID
+    "success_rate": frozenset({"rate"}),
+    "throughput": frozenset({"value", "p", "avg", "med", "min", "max"}),
+    "anomaly": frozenset({"count", "value"}),
+}
+NEEDS_OP = frozenset({"latency", "success_rate", "throughput"})
+
+
+class SloFileError(ValueError):
+    """An SLO file that cannot be used; the message names the file, objective and reason."""
+
+
+class Objective(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(min_length=1)
+    sli: Sli
+    op: Operation | None = None
+    phase: Phase = "all"
+    pass_: str = Field(alias="pass")
+    warning: str | None = None
+    key: bool = False
+    classes: list[str] | None = Field(default=None, alias="class")
+    min_samples: int | None = Field(default=None, ge=0)
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Objective:
+        for label, text in (("pass", self.pass_), ("warning", self.warning)):
+            if text is None:
+                continue
+            try:
+                threshold = parse(text)
+            except ExpressionError as exc:
+                raise ValueError(f"{label}: {exc}") from None
+            self._check_threshold(label, threshold)
+        if self.sli in NEEDS_OP and self.op is None:
+            raise ValueError(f"sli {self.sli} needs an op (one of {_ops()})")
+        if self.sli == "anomaly":
+            if not self.classes:
+                raise ValueError(f"sli anomaly needs class: a list of ids from {_classes()}")
+            unknown = [c for c in self.classes if c not in CHECKERS]
+            if unknown:
+                raise ValueError(f"unknown anomaly class {', '.join(unknown)} "
+                                 f"(allowed: {_classes()})")
+        elif self.classes:
+            raise ValueError("class is only for sli anomaly")
+        return self
+
+    def _check_threshold(self, label: str, t: Threshold) -> None:
+        allowed = ALLOWED_AGGREGATIONS[self.sli]
+        if t.aggregation not in allowed:
+            shown = ", ".join(sorted("p(N)" if a == "p" else a for a in allowed))
+            raise ValueError(f"{label}: {t.label!r} does not apply to sli {self.sli} "
+                             f"(use {shown})")
+        timed = self.sli in TIME_SLIS and t.aggregation not in ("count", "rate")
+        if timed and t.unit not in ("ms", "s") and t.value != 0:
+            raise ValueError(f"{label}: {t.text!r} needs a time unit (ms or s)")
+        if t.aggregation == "rate" and t.unit is None and not 0 <= t.value <= 1:
+            raise ValueError(f"{label}: {t.text!r} is a rate: write a percentage "
+                             "(99.5%) or a fraction (0.995)")
+
+    @property
+    def threshold(self) -> Threshold:
+        return parse(self.pass_)
+
+    @property
+    def warning_threshold(self) -> Threshold | None:
+        return None if self.warning is None else parse(self.warning)
+
+
+class Baseline(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_regression: str = "+10%"
+
+    @field_validator("max_regression")
+    @classmethod
+    def _regression(cls, value: str) -> str:
+        try:
+            parse_regression(value)
+        except ExpressionError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @property
+    def max_regression_fraction(self) -> float:
+        return parse_regression(self.max_regression)
+
+
+class SloFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    min_samples: int = Field(default=1, ge=0)
+    objectives: list[Objective] = Field(min_length=1)
+    baseline: Baseline | None = None
+    path: str | None = None  # where it was loaded from (not in the YAML)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> SloFile:
+        seen: set[str] = set()
+        for index, objective in enumerate(self.objectives):
+            if objective.name in seen:
+                raise ValueError(f"objectives[{index}] ({objective.name!r}): name is used twice; "
+                                 "names identify objectives in junit and baseline comparisons")
+            seen.add(objective.name)
+        return self
+
+
+def _ops() -> str:
+    return ", ".join(Operation.__args__)  # type: ignore[attr-defined]
+
+
+def _classes() -> str:
+    return ", ".join(CHECKERS)
+
+
+def load_slo(path: Path | str) -> SloFile:
+    """Read and validate an SLO file; every problem is a `SloFileError` pointing at it."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SloFileError(f"{path}: SLO file does not exist") from None
+    except yaml.YAMLError as exc:
+        raise SloFileError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise SloFileError(f"{path}: must be a mapping with name, objectives, …")
+    if "path" in raw:
+        raise SloFileError(f"{path}: unknown field 'path'")
+    try:
+        slo = SloFile.model_validate(raw)
+    except ValidationError as exc:
+        raise SloFileError(_explain(path, raw, exc)) from None
+    slo.path = str(path)
+    return slo
+
+
+def _explain(path: Path, raw: dict[str, Any], exc: ValidationError) -> str:
+    problems = []
+    listed = raw.get("objectives")
+    objectives: list[Any] = listed if isinstance(listed, list) else []
+    for err in exc.errors():
+        loc = list(err.get("loc", ()))
+        msg = str(err.get("msg", "")).removeprefix("Value error, ")
+        where = "file"
+        if len(loc) >= 2 and loc[0] == "objectives" and isinstance(loc[1], int):
+            index = loc[1]
+            entry = objectives[index] if index < len(objectives) else {}
+            name = entry.get("name") if isinstance(entry, dict) else None
+            where = f"objective {index} ({name!r})" if name else f"objective {index}"
+            loc = loc[2:]
+        field = ".".join(str(part) for part in loc)
+        if err.get("type") == "literal_error" and "input" in err:
+            msg = f"unknown value {err['input']!r}: {msg}"
+        problems.append(f"{where}{' field ' + field if field else ''}: {msg}")
+    return f"{path}: " + "; ".join(problems)
