@@ -627,6 +627,26 @@ def outbox_lost(f: Facts) -> CheckResult:
                             f"{rows[k].attempts} attempts")
 
 
+def lost_acknowledgement(f: Facts) -> CheckResult:
+    """P13: the channel got a success answer for a notification the order service never kept.
+
+    The order service writes a receipt in the transaction that decides its answer, so an
+    acked genuine notification without a receipt was answered before (or without) a commit:
+    after a crash the channel stops retrying and only reconciliation can save the payment.
+    """
+    acked = {n.notify_id: n for n in f.records.notifications if n.acked and not n.forged}
+    if acked and not f.records.receipts:
+        return CheckResult("P13", "lost acknowledgement", UNKNOWN, 0, [],
+                           {"error": "the order export has no receipt records to compare"})
+    kept = {r.notify_id for r in f.records.receipts}
+    lost = {}
+    for notify_id, n in acked.items():
+        if notify_id not in kept:
+            lost[f.ledger_order(n.merchant_order_id)] = notify_id
+    return _found(f, "P13", "lost acknowledgement", lost,
+                  lambda k: f"notification {lost[k]} was acknowledged but not recorded")
+
+
 Checker = Callable[[Facts], CheckResult]
 
 CHECKERS: dict[str, tuple[str, Checker]] = {
@@ -644,6 +664,7 @@ CHECKERS: dict[str, tuple[str, Checker]] = {
     "P11": ("payment lag", payment_lag),
     "P11'": ("shopper confirmation time", confirmation_time),
     "P12": ("forged accepted", forged_accepted),
+    "P13": ("lost acknowledgement", lost_acknowledgement),
     "O1": ("lost order", lost_order),
     "O2": ("duplicate order", duplicate_order),
     "O3": ("stuck order", stuck_order),

@@ -117,6 +117,16 @@ class InboxEntry:
 
 
 @dataclass(slots=True)
+class Receipt:
+    """A notification the order service answered with success (committed with the answer)."""
+
+    notify_id: str
+    txn_id: str | None
+    order_id: str
+    t: float
+
+
+@dataclass(slots=True)
 class OutboxEntry:
     id: str
     order_id: str
@@ -205,6 +215,7 @@ class Records:
     orders: list[Order] = field(default_factory=list)
     transitions: list[Transition] = field(default_factory=list)
     inbox: list[InboxEntry] = field(default_factory=list)
+    receipts: list[Receipt] = field(default_factory=list)
     outbox: list[OutboxEntry] = field(default_factory=list)
     order_refunds: list[OrderRefund] = field(default_factory=list)
     stock: list[Stock] = field(default_factory=list)
@@ -393,6 +404,15 @@ def _order(records: Records, rec: Mapping[str, Any]) -> None:
                 order_id=str(rec["order_id"]),
                 t=float(rec["t"]),
                 outcome=_opt_str(rec.get("outcome")),
+            )
+        )
+    elif kind == "receipt":
+        records.receipts.append(
+            Receipt(
+                notify_id=str(rec["notify_id"]),
+                txn_id=_opt_str(rec.get("txn_id")),
+                order_id=str(rec["order_id"]),
+                t=float(rec["t"]),
             )
         )
     elif kind == "outbox":

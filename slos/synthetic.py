@@ -23,6 +23,7 @@ from slos.records import (
     Order,
     OutboxEntry,
     Payment,
+    Receipt,
     Records,
     Reservation,
     RunInfo,
@@ -81,6 +82,7 @@ def clean_run(
         transitions.append(Transition(oid, "CREATED", "AWAITING_PAYMENT", t + 0.015, "place"))
         transitions.append(Transition(oid, "AWAITING_PAYMENT", "PAID", t_paid, "notify"))
         inbox.append(InboxEntry(txn, nid, oid, t_paid, "accepted"))
+        r.receipts.append(Receipt(nid, txn, oid, t_paid))
         outbox.append(OutboxEntry(f"ob-{i}", oid, "confirm", t_paid, t_paid + 0.05, 1))
         reservations.append(Reservation(oid, sku, 1, "CONFIRMED", t + 0.005, t_paid + 0.05,
                                         60.0, None))
@@ -154,6 +156,8 @@ def write_run(r: Records, run_dir: Path, *, slo: str | None = None) -> Path:
                "to": t.to_state, "t": t.t, "cause": t.cause} for t in r.transitions]
     order += [{"type": "inbox", "txn_id": i.txn_id, "notify_id": i.notify_id,
                "order_id": i.order_id, "t": i.t, "outcome": i.outcome} for i in r.inbox]
+    order += [{"type": "receipt", "notify_id": c.notify_id, "txn_id": c.txn_id,
+               "order_id": c.order_id, "outcome": "paid", "t": c.t} for c in r.receipts]
     order += [{"type": "outbox", "id": o.id, "order_id": o.order_id, "kind": o.kind,
                "created_at": o.created_at, "delivered_at": o.delivered_at,
                "attempts": o.attempts} for o in r.outbox]

@@ -176,11 +176,17 @@ def outbox_lost(r: Records) -> str:
     return "o-2"
 
 
+def lost_acknowledgement(r: Records) -> str:
+    r.receipts = [c for c in r.receipts if c.order_id != "o-3"]  # acked, never committed
+    return "o-3"
+
+
 PLANTS: list[tuple[str, Callable[[Records], str]]] = [
     ("P1", lost_payment), ("P2", false_success), ("P3", failed_but_charged),
     ("P4", unexpected_payment), ("P6", orphan_charge), ("P7", unfunded_order),
     ("P8", duplicate_charge), ("P9", duplicate_effect), ("P10", amount_mismatch),
     ("P12", forged_accepted), ("P12", forged_txn), ("P12", forged_in_log),
+    ("P13", lost_acknowledgement),
     ("O1", lost_order), ("O1", lost_order_by_key), ("O2", duplicate_order), ("O3", stuck_order),
     ("I1", oversell), ("I2", stock_not_conserved), ("I3", leaked_reservation),
     ("I4", hanging_try), ("I4", empty_rollback_moved_stock), ("I5", sold_unpaid),
@@ -365,3 +371,9 @@ def test_refunding_a_second_charge_is_not_a_duplicate_effect() -> None:
                                               T0 + 30, True, 200, False, False, None))
     assert run(records, "P9").count == 0
     assert run(records, "P12").count == 0
+
+
+def test_lost_acknowledgement_is_unknown_without_any_receipts() -> None:
+    records = clean_run(5)
+    records.receipts = []  # an order export that predates receipts cannot be judged
+    assert run(records, "P13").verdict == "unknown"
