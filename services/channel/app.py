@@ -8,7 +8,7 @@ import inspect
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import Body, Depends, FastAPI, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -24,7 +24,7 @@ from services.channel.fields import ID_PATTERN, MAX_SQLITE_INT, Amount, Id
 from services.channel.store import ChannelStore
 from services.channel.workers import Notifier, http_sender
 from services.common import telemetry
-from services.common.api import admin_guard, ndjson
+from services.common.api import admin_guard, error_responses, ndjson
 from services.common.server import base_app
 from services.common.settings import Settings
 
@@ -94,35 +94,6 @@ class BillEntry(BaseModel):
 class BillsOut(BaseModel):
     entries: list[BillEntry]
     next_cursor: int
-
-
-class ErrorOut(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    error: str
-    detail: str
-
-
-class FieldProblem(BaseModel):
-    field: str
-    message: str
-
-
-class InvalidOut(BaseModel):
-    error: str
-    detail: str
-    fields: list[FieldProblem]
-
-
-def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """Response declarations for error statuses, so the OpenAPI document is complete."""
-    out: dict[int | str, dict[str, Any]] = {
-        s: {"model": ErrorOut, "description": "error"} for s in statuses
-    }
-    out[422] = {"model": InvalidOut, "description": "invalid request"}
-    out[400] = {"model": ErrorOut, "description": "undecodable body"}
-    out[413] = {"model": ErrorOut, "description": "body too large"}
-    return out
 
 
 _STATUS: dict[type[ChannelError], int] = {
@@ -222,7 +193,7 @@ def create_app(settings: Settings) -> FastAPI:
         "/payments",
         status_code=201,
         response_model=PaymentOut,
-        responses={200: {"model": PaymentOut, "description": "replay"}, **_errors(409)},
+        responses={200: {"model": PaymentOut, "description": "replay"}, **error_responses(409)},
         tags=["payments"],
     )
     async def create_payment(body: CreatePayment, response: Response) -> PaymentOut:
@@ -232,7 +203,9 @@ def create_app(settings: Settings) -> FastAPI:
         response.status_code = 201 if created else 200
         return _payment_out(view)
 
-    @app.get("/payments", response_model=PaymentOut, responses=_errors(404), tags=["payments"])
+    @app.get(
+        "/payments", response_model=PaymentOut, responses=error_responses(404), tags=["payments"]
+    )
     async def query_by_order(
         merchant_order_id: Annotated[str, Query(min_length=1, max_length=128, pattern=ID_PATTERN)],
     ) -> PaymentOut:
@@ -241,7 +214,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get(
         "/payments/{payment_id}",
         response_model=PaymentOut,
-        responses=_errors(404),
+        responses=error_responses(404),
         tags=["payments"],
     )
     async def query(payment_id: PaymentIdPath) -> PaymentOut:
@@ -250,7 +223,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.post(
         "/payments/{payment_id}/pay",
         response_model=PayOut,
-        responses=_errors(402, 404, 409),
+        responses=error_responses(402, 404, 409),
         tags=["payments"],
     )
     async def pay(
@@ -262,7 +235,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.post(
         "/payments/{payment_id}/close",
         response_model=CloseOut,
-        responses=_errors(404, 409),
+        responses=error_responses(404, 409),
         tags=["payments"],
     )
     async def close(payment_id: PaymentIdPath) -> CloseOut:
@@ -272,7 +245,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.post(
         "/payments/{payment_id}/refunds",
         response_model=RefundOut,
-        responses=_errors(404, 409),
+        responses=error_responses(404, 409),
         tags=["payments"],
     )
     async def refund(payment_id: PaymentIdPath, body: RefundRequest) -> RefundOut:
@@ -285,7 +258,7 @@ def create_app(settings: Settings) -> FastAPI:
             amount=event.amount,
         )
 
-    @app.get("/bills", response_model=BillsOut, responses=_errors(), tags=["bills"])
+    @app.get("/bills", response_model=BillsOut, responses=error_responses(), tags=["bills"])
     async def bills(
         cursor: Annotated[int, Query(ge=0, le=MAX_SQLITE_INT)] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 500,
@@ -298,7 +271,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get(
         "/admin/behaviour",
         response_model=Knobs,
-        responses=_errors(401),
+        responses=error_responses(401),
         dependencies=[admin],
         tags=["admin"],
     )
@@ -308,7 +281,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.put(
         "/admin/behaviour",
         response_model=Knobs,
-        responses=_errors(401),
+        responses=error_responses(401),
         dependencies=[admin],
         tags=["admin"],
     )
@@ -325,7 +298,7 @@ def create_app(settings: Settings) -> FastAPI:
                 "description": "NDJSON: payment, ledger and notification records",
                 "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
             },
-            **_errors(401),
+            **error_responses(401),
         },
         dependencies=[admin],
         tags=["audit"],

@@ -14,10 +14,38 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.settings import Settings
+
+
+class FieldProblem(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorOut(BaseModel):
+    """Every error body: a code, a sentence, and for validation errors the fields at fault."""
+
+    model_config = ConfigDict(extra="allow")
+
+    error: str
+    detail: str
+    fields: list[FieldProblem] | None = None
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for a route's errors, plus those any route can answer (400, 413, 422)."""
+    out: dict[int | str, dict[str, Any]] = {
+        400: {"model": ErrorOut, "description": "undecodable body"},
+        413: {"model": ErrorOut, "description": "body too large"},
+        422: {"model": ErrorOut, "description": "invalid request"},
+    }
+    for status in statuses:
+        out[status] = {"model": ErrorOut, "description": "error"}
+    return out
 
 
 class ApiError(Exception):

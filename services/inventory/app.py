@@ -10,13 +10,13 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, FastAPI, Path
 from fastapi.responses import Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, StringConstraints
 
-from services.common.api import ApiError, admin_guard, ndjson
+from services.common.api import ApiError, admin_guard, error_responses, ndjson
 from services.common.server import base_app
 from services.common.settings import Settings
 from services.inventory import domain, metrics, workers
@@ -108,22 +108,6 @@ class StockListOut(BaseModel):
     items: list[StockOut]
 
 
-class FieldProblem(BaseModel):
-    field: str
-    message: str
-
-
-class ErrorOut(BaseModel):
-    error: str
-    detail: str
-    fields: list[FieldProblem] | None = None
-
-
-def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI entries for the JSON errors a route can answer."""
-    return {s: {"model": ErrorOut} for s in statuses}
-
-
 NDJSON = "application/x-ndjson"
 ERROR_SCHEMA_REF = "#/components/schemas/ErrorOut"
 
@@ -162,7 +146,7 @@ def create_app(settings: Settings, *, seed_stock: Mapping[str, int] | None = Non
     @app.post(
         "/reservations",
         response_model=ReservationOut,
-        responses=_errors(400, 404, 409, 413, 422),
+        responses=error_responses(400, 404, 409, 413, 422),
         tags=["tcc"],
     )
     async def reserve(body: ReserveRequest) -> ReservationOut:
@@ -184,7 +168,7 @@ def create_app(settings: Settings, *, seed_stock: Mapping[str, int] | None = Non
     @app.post(
         "/reservations/{order_id}/confirm",
         response_model=ReservationOut,
-        responses=_errors(404, 409, 422),
+        responses=error_responses(404, 409, 422),
         tags=["tcc"],
     )
     async def confirm(order_id: PathId) -> ReservationOut:
@@ -197,7 +181,7 @@ def create_app(settings: Settings, *, seed_stock: Mapping[str, int] | None = Non
     @app.post(
         "/reservations/{order_id}/cancel",
         response_model=CancelOut,
-        responses=_errors(409, 422),
+        responses=error_responses(409, 422),
         tags=["tcc"],
     )
     async def cancel(order_id: PathId) -> CancelOut:
@@ -213,7 +197,7 @@ def create_app(settings: Settings, *, seed_stock: Mapping[str, int] | None = Non
     @app.get(
         "/reservations/{order_id}",
         response_model=ReservationOut,
-        responses=_errors(404, 422),
+        responses=error_responses(404, 422),
         tags=["tcc"],
     )
     async def get_reservation(order_id: PathId) -> ReservationOut:
@@ -226,7 +210,9 @@ def create_app(settings: Settings, *, seed_stock: Mapping[str, int] | None = Non
     async def list_stock() -> StockListOut:
         return StockListOut(items=[StockOut.of(s) for s in store.all_stock()])
 
-    @app.get("/stock/{sku}", response_model=StockOut, responses=_errors(404, 422), tags=["stock"])
+    @app.get(
+        "/stock/{sku}", response_model=StockOut, responses=error_responses(404, 422), tags=["stock"]
+    )
     async def get_stock(sku: PathId) -> StockOut:
         stock = store.stock(sku)
         if stock is None:
@@ -236,7 +222,7 @@ def create_app(settings: Settings, *, seed_stock: Mapping[str, int] | None = Non
     @app.put(
         "/admin/stock",
         response_model=StockListOut,
-        responses=_errors(400, 401, 409, 413, 422),
+        responses=error_responses(400, 401, 409, 413, 422),
         dependencies=admin,
         tags=["admin"],
     )

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from services.common.api import admin_guard, ndjson
+from services.common.api import admin_guard, error_responses, ndjson
 from services.common.server import base_app
 from services.common.settings import Settings
 from services.common.signing import SIGNATURE_HEADER
@@ -80,17 +80,6 @@ class OrderOut(BaseModel):
         )
 
 
-class FieldProblem(BaseModel):
-    field: str
-    message: str
-
-
-class ErrorOut(BaseModel):
-    error: str
-    detail: str
-    fields: list[FieldProblem] | None = None
-
-
 class NotifyAck(BaseModel):
     result: Literal["success"]
 
@@ -103,10 +92,6 @@ _IDEMPOTENCY_KEY_PARAM = {
     "schema": {"type": "string", "pattern": ID_PATTERN, "minLength": 1, "maxLength": 128},
     "description": "the shopper's key for this logical order; replays return the same order",
 }
-
-
-def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {status: {"model": ErrorOut} for status in statuses}
 
 
 def create_app(
@@ -153,7 +138,7 @@ def create_app(
         tags=["orders"],
         responses={
             200: {"model": OrderOut, "description": "replay of the same key and body"},
-            **_errors(400, 413, 422, 503),
+            **error_responses(400, 413, 422, 503),
         },
         openapi_extra={"parameters": [_IDEMPOTENCY_KEY_PARAM]},
     )
@@ -168,7 +153,7 @@ def create_app(
         "/orders/{order_id}",
         response_model=OrderOut,
         tags=["orders"],
-        responses=_errors(404, 422),
+        responses=error_responses(404, 422),
     )
     async def get_order(order_id: PathId) -> OrderOut:
         return OrderOut.of(service.get(order_id))
@@ -177,7 +162,7 @@ def create_app(
         "/notifications/payment",
         response_model=NotifyAck,
         tags=["notifications"],
-        responses=_errors(400, 404, 413, 422),
+        responses=error_responses(400, 404, 413, 422),
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -212,7 +197,7 @@ def create_app(
                 "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
                 "description": "order records, one JSON object per line",
             },
-            **_errors(401),
+            **error_responses(401),
         },
     )
     async def audit_export() -> Response:
