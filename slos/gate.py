@@ -153,11 +153,41 @@ def evaluate_run(run_dir: Path, slo_path: Path, baseline: Path | None) -> GateRe
     run_dir = Path(run_dir)
     try:
         slo = load_slo(slo_path)
-        previous = load_baseline(Path(baseline)) if baseline is not None else None
+        previous = baseline_values(Path(baseline), slo) if baseline is not None else None
+    except (SloFileError, BaselineError, RecordsError, OSError) as exc:
+        # bad input to the gate itself: say so and leave the run's outputs as they are
+        return GateResult(ERROR, EXIT_HARNESS, headline(ERROR, [str(exc)], None), run_dir,
+                          problems=[str(exc)], error=str(exc))
+    try:
         records = load_run(run_dir)
-    except (SloFileError, RecordsError, BaselineError, OSError) as exc:
+    except (RecordsError, OSError) as exc:
         return _harness_error(run_dir, str(exc))
     return gate_records(run_dir, records, slo, previous)
+
+
+def baseline_values(path: Path, slo: SloFile) -> dict[str, Any]:
+    """The baseline's measured values under *this* SLO file, so like is compared with like.
+
+    A run directory with its records is re-evaluated with `slo`; a bare result.json is used
+    as is, only if it was evaluated against an SLO file of the same name.
+    """
+    if path.is_dir() and (path / "history.ndjson").exists():
+        records = load_run(path)
+        result = audit(records)
+        objectives = Evaluator(records, result, slo).run(None)
+        return {
+            "_path": str(path),
+            "verdict": decide(objectives, result)[0],
+            "objectives": [o.to_dict() for o in objectives],
+        }
+    previous = load_baseline(path)
+    used = (previous.get("slo") or {}).get("name")
+    if used is not None and used != slo.name:
+        raise BaselineError(
+            f"baseline {previous['_path']} was evaluated against SLO {used!r}, not {slo.name!r};"
+            " pass its run directory so it is re-evaluated"
+        )
+    return previous
 
 
 def gate_records(run_dir: Path, records: Records, slo: SloFile,

@@ -92,10 +92,18 @@ def test_bad_slo_file_is_a_harness_error(tmp_path: Path, capsys: pytest.CaptureF
     run = run_dir(tmp_path)
     bad = slo_file(tmp_path, objectives=[{"name": "x", "sli": "latency", "op": "pay",
                                           "pass": "p(99) < banana"}])
+    assert not (run / "result.json").exists()
     gate = evaluate_run(run, bad, None)
     assert (gate.verdict, gate.exit_code) == ("error", 3)
     assert "objective 0 ('x')" in (gate.error or "")
-    assert json.loads((run / "result.json").read_text())["exit_code"] == 3
+    assert not (run / "result.json").exists()  # bad input to the gate changes nothing
+    fine = tmp_path / "fine.yaml"
+    fine.write_text(yaml.safe_dump(GATE))
+    good = evaluate_run(run, fine, None)
+    before = (run / "result.json").read_text()
+    evaluate_run(run, bad, None)
+    assert (run / "result.json").read_text() == before, "a bad SLO file overwrote the result"
+    assert good.exit_code == 0
     args = argparse.Namespace(run_dir=str(run), slo=str(bad), baseline=None)
     assert cmd_check(args) == 3
     assert "expected a number at 'banana'" in capsys.readouterr().out
@@ -211,3 +219,15 @@ def test_loader_reads_the_sweeper_period_and_run_times(tmp_path: Path) -> None:
     assert records.run.sweep_every_s == 1.0
     assert records.run.duration == 40.0 and records.run.settle == 15.0
     assert records.reference_time() == records.run.settle_ended
+
+
+def test_baseline_is_re_evaluated_under_the_same_slo_file(tmp_path: Path) -> None:
+    base = run_dir(tmp_path, clean_run(200), "before")
+    lenient = tmp_path / "lenient.yaml"
+    lenient.write_text(yaml.safe_dump({**GATE, "name": "lenient"}))
+    evaluate_run(base, lenient, None)  # its result.json now holds another file's objectives
+    gate = evaluate_run(run_dir(tmp_path, clean_run(200), "after"), slo_file(tmp_path), base)
+    assert gate.exit_code == 0, gate.problems  # same records, same objectives: no regression
+    assert gate.baseline is not None and gate.baseline["_path"] == str(base)
+    from_file = evaluate_run(gate.run_dir, slo_file(tmp_path), base / "result.json")
+    assert from_file.exit_code == 3 and "'lenient'" in (from_file.error or "")
