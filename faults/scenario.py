@@ -76,7 +76,9 @@ def _model_config() -> ConfigDict:
     return ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
-UserClass = Literal["shopper", "browser", "forger"]
+# impatient: re-submits its order after paying and pays what it is shown (a page refresh);
+# late_payer: pays only once its order has been closed for want of payment.
+UserClass = Literal["shopper", "browser", "forger", "impatient", "late_payer"]
 
 
 def _default_mix() -> dict[UserClass, int]:
@@ -96,6 +98,7 @@ class LoadSpec(BaseModel):
     mix: dict[UserClass, int] = Field(default_factory=_default_mix)
     skus: dict[str, int] = Field(default_factory=lambda: {"sku-1": 100_000, "sku-2": 100_000})
     max_poll: Duration = 10.0
+    late_pay_wait: Duration = 30.0  # a late payer gives up if its order is not closed by then
 
     @field_validator("mix")
     @classmethod

@@ -20,7 +20,8 @@ from typing import Any, Literal
 
 from chaosbed.rundir import iter_ndjson
 
-OPERATIONS = ("place_order", "pay", "poll", "forge", "browse")
+# late_pay: a pay issued after the order was seen CLOSED (a refund is the right outcome)
+OPERATIONS = ("place_order", "pay", "poll", "forge", "browse", "late_pay")
 COMPLETIONS = ("ok", "fail", "info")
 Record = dict[str, Any]
 Completion = Literal["ok", "fail", "info"]

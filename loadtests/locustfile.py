@@ -76,10 +76,10 @@ class ChaosbedUser(FastHttpUser):
         time.sleep(RETRY_BACKOFF_S * 2 ** (attempt - 1) * self.rng.uniform(0.5, 1.5))
 
 
-class Shopper(ChaosbedUser):
-    """Places an order, pays for it in the wallet, then watches "payment processing"."""
+class ShoppingUser(ChaosbedUser):
+    """What every kind of shopper does: place an order, pay in the wallet, poll the order."""
 
-    weight = PROCESS.config.load["mix"].get("shopper", 0)
+    abstract = True
     journeys = 0
 
     def pace_s(self) -> float:
@@ -87,29 +87,17 @@ class Shopper(ChaosbedUser):
         if not rate:
             return 0.6  # think time of an eager shopper
         load = self.config.load
-        shoppers = max(1.0, load["users"] * weight_share(load["mix"], "shopper"))
-        return shoppers / float(rate)
+        share = sum(weight_share(load["mix"], name) for name in SHOPPING_CLASSES)
+        return max(1.0, load["users"] * share) / float(rate)
 
-    @task
-    def buy(self) -> None:
-        order = self.place_order()
-        if order is None or order.get("status") != "AWAITING_PAYMENT":
-            return
-        paid = self.pay(order)
-        if paid is False:
-            return
-        self.wait_for_confirmation(order)
+    def place_order(
+        self, resubmit: tuple[str, dict[str, Any]] | None = None
+    ) -> dict[str, Any] | None:
+        """POST /orders; retries after a timeout, reset or 503 reuse the same idempotency key.
 
-    def place_order(self) -> dict[str, Any] | None:
-        """POST /orders; retries after a timeout, reset or 503 reuse the same idempotency key."""
-        load = self.config.load
-        body = {
-            "sku": self.rng.choice(sorted(load["skus"])),
-            "qty": self.rng.randint(1, 3),
-            "amount": self.rng.randint(100, 50_000),
-        }
-        self.journeys += 1
-        key = f"k-{self.history.node}-{self.history.nonce}-{self.index}-{self.journeys}"
+        `resubmit` = (key, body) of an order placed before: the same request sent again.
+        """
+        key, body = resubmit or self.new_order()
         with self.history.begin("place_order", process=self.process, key=key, value=body) as op:
             reply, maybe_done = None, False
             for attempt in range(PLACE_ATTEMPTS):
@@ -142,12 +130,26 @@ class Shopper(ChaosbedUser):
                 op.fail(reply.error)
             return None
 
-    def pay(self, order: dict[str, Any]) -> bool | None:
-        """Pay in the wallet: True paid, False certainly not charged, None unknown."""
+    def new_order(self) -> tuple[str, dict[str, Any]]:
+        """A fresh idempotency key and order body (seeded: the same user places the same)."""
+        load = self.config.load
+        body = {
+            "sku": self.rng.choice(sorted(load["skus"])),
+            "qty": self.rng.randint(1, 3),
+            "amount": self.rng.randint(100, 50_000),
+        }
+        self.journeys += 1
+        return f"k-{self.history.node}-{self.history.nonce}-{self.index}-{self.journeys}", body
+
+    def pay(self, order: dict[str, Any], f: str = "pay") -> bool | None:
+        """Pay in the wallet: True paid, False certainly not charged, None unknown.
+
+        `f` names the operation in the history: `late_pay` for a payment of a closed order.
+        """
         payment_id = order.get("payment_id")
         url = f"{self.config.channel_url}/payments/{payment_id}/pay"
         key, order_id = order.get("idempotency_key"), order.get("order_id")
-        with self.history.begin("pay", process=self.process, key=key, order_id=order_id) as op:
+        with self.history.begin(f, process=self.process, key=key, order_id=order_id) as op:
             reply, maybe_done = None, False
             for attempt in range(PAY_ATTEMPTS):
                 if attempt:
@@ -179,15 +181,20 @@ class Shopper(ChaosbedUser):
 
     def wait_for_confirmation(self, order: dict[str, Any]) -> None:
         """The "payment processing" page: poll until PAID (or final), give up after max_poll."""
-        give_up_at = time.monotonic() + float(self.config.load["max_poll"])
+        self.wait_for_final(order, float(self.config.load["max_poll"]))
+
+    def wait_for_final(self, order: dict[str, Any], patience_s: float) -> str | None:
+        """Poll with backoff until the order is final; its last status seen."""
+        give_up_at = time.monotonic() + patience_s
         delay = POLL_FIRST_S
         while True:
             time.sleep(delay)
-            if self.poll(order) in FINAL_STATES:
-                return
+            status = self.poll(order)
+            if status in FINAL_STATES:
+                return status
             delay = min(delay * 2, POLL_MAX_S)
             if time.monotonic() + delay > give_up_at:
-                return
+                return status
 
     def poll(self, order: dict[str, Any]) -> str | None:
         order_id = order.get("order_id")
@@ -219,6 +226,59 @@ class Shopper(ChaosbedUser):
                     key=key,
                 )
             )
+
+
+class Shopper(ShoppingUser):
+    """Places an order, pays for it in the wallet, then watches "payment processing"."""
+
+    weight = PROCESS.config.load["mix"].get("shopper", 0)
+
+    @task
+    def buy(self) -> None:
+        order = self.place_order()
+        if order is None or order.get("status") != "AWAITING_PAYMENT":
+            return
+        paid = self.pay(order)
+        if paid is False:
+            return
+        self.wait_for_confirmation(order)
+
+
+class ImpatientShopper(ShoppingUser):
+    """Pays, then refreshes the page (the same order sent again) and pays whatever it shows."""
+
+    weight = PROCESS.config.load["mix"].get("impatient", 0)
+
+    @task
+    def buy_twice(self) -> None:
+        request = self.new_order()
+        order = self.place_order(resubmit=request)
+        if order is None or order.get("status") != "AWAITING_PAYMENT":
+            return
+        if self.pay(order) is False:
+            return
+        shown = self.place_order(resubmit=request)
+        if shown is not None and shown.get("status") == "AWAITING_PAYMENT":
+            # a correct service shows the same payment, whose second pay charges nothing
+            self.pay(shown)
+        self.wait_for_confirmation(order)
+
+
+class LatePayer(ShoppingUser):
+    """Leaves the wallet open until the order is closed for want of payment, then pays."""
+
+    weight = PROCESS.config.load["mix"].get("late_payer", 0)
+
+    @task
+    def pay_too_late(self) -> None:
+        order = self.place_order()
+        if order is None or order.get("status") != "AWAITING_PAYMENT":
+            return
+        if self.wait_for_final(order, float(self.config.load["late_pay_wait"])) != "CLOSED":
+            return
+        # the channel refuses this (409) unless it misbehaves (pay_after_close); then the
+        # order service must refund the charge
+        self.pay(order, f="late_pay")
 
 
 class Browser(ChaosbedUser):
@@ -300,6 +360,9 @@ def record(op: Operation, reply: Reply, value: dict[str, Any]) -> None:
         op.fail(reply.error, value)
     else:
         op.info(reply.error, value)
+
+
+SHOPPING_CLASSES = ("shopper", "impatient", "late_payer")  # paced together toward `rate`
 
 
 def weight_share(mix: dict[str, int], name: str) -> float:
