@@ -2,6 +2,9 @@
 
 Checkers read the records through `Facts`: the sets of CHECKS.md (Ok(pay), PaidL, PaidD …)
 derived once, lazily, in single passes over plain lists, so a million orders audit in seconds.
+Hashing a million ids is the unit of cost, so checkers probe the shared sets rather than build
+their own, and the usual shapes (one charge per order, no repeats) are confirmed up front so the
+per-order grouping that only anomalies need is built only for them, with the same results.
 Every order is named by its order id: history ops are mapped through the order export's
 idempotency keys, ledger merchant order ids `ID:retry-N` (a bug-made second payment) back to ID.
 """
@@ -10,13 +13,14 @@ from __future__ import annotations
 
 import heapq
 import math
+import operator
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, cast
 
-from slos.records import INFO, OK, LedgerEntry, Op, Order, Records
+from slos.records import INFO, OK, LedgerEntry, Notification, Op, Order, Records
 
 VALID, INVALID, UNKNOWN, INFO_VERDICT = "valid", "invalid", "unknown", "info"
 MAX_EXAMPLES = 10
@@ -72,19 +76,48 @@ def percentile(ordered: list[float], p: float) -> float:
     return ordered[min(rank, len(ordered)) - 1]
 
 
+@dataclass(slots=True)
+class Outcomes:
+    """One operation f of the history by order: Ok(f), and the orders with any other outcome, so
+    Att(f) = ok ∪ not_ok (a clean run has empty not_ok and info); and each ok op's completion."""
+
+    ok: set[str]
+    not_ok: set[str]  # orders with an op of f that did not complete ok (fail, info, unfinished)
+    info: set[str]  # orders with an op of f whose outcome is unknown
+    ok_ids: list[str]  # the order of each ok op, in history order
+    ok_ends: list[float | None]  # and when it completed
+
+    def first_ok(self) -> tuple[list[str], list[float]]:
+        """The orders of Ok(f) with a known completion, each once, with its earliest."""
+        if len(self.ok) == len(self.ok_ids) and None not in self.ok_ends:
+            return self.ok_ids, cast(list[float], self.ok_ends)  # one per order, the usual case
+        earliest = _earliest(self.ok_ids, self.ok_ends)
+        return list(earliest), list(earliest.values())
+
+
+@dataclass(slots=True)
+class SingleCharges:
+    """A ledger where each live charge is the one charge of a known order."""
+
+    charges: list[LedgerEntry]
+    orders: list[Order]  # each charge's order in D
+    paid: set[str]  # PaidL
+
+
 class Facts:
     """The derived sets and maps of CHECKS.md, each computed on first use."""
 
     def __init__(self, records: Records, *, max_examples: int = MAX_EXAMPLES) -> None:
         self.records = records
         self.max_examples = max_examples
-        self._history_sets: dict[str, tuple[set[str], set[str], set[str], set[str]]] = {}
+        self._outcomes: dict[str, Outcomes] = {}
 
     # --- D: order and inventory databases -----------------------------------
 
     @cached_property
     def orders(self) -> dict[str, Order]:
-        return {order.order_id: order for order in self.records.orders}
+        orders = self.records.orders
+        return dict(zip([o.order_id for o in orders], orders, strict=True))
 
     @cached_property
     def order_by_key(self) -> dict[str, str]:
@@ -100,8 +133,16 @@ class Facts:
         return {key: order.order_id for key, order in by_key.items()}
 
     @cached_property
+    def unique_orders(self) -> bool:
+        """The order export has one row per order id."""
+        return len(self.orders) == len(self.records.orders)
+
+    @cached_property
     def paid_db(self) -> set[str]:
         """PaidD: orders in PAID or a later state."""
+        statuses = [o.status for o in self.records.orders]
+        if sum(map(statuses.count, PAID_STATES)) == len(statuses):
+            return set(self.orders)  # all paid: a copy of the known ids, no rehashing
         return {o.order_id for o in self.records.orders if o.status in PAID_STATES}
 
     # --- H: history -----------------------------------------------------------
@@ -114,6 +155,14 @@ class Facts:
             return self.order_by_key.get(op.key) or f"key:{op.key}"
         return f"op:{op.op_id}"
 
+    def order_ids(self, ops: list[Op]) -> list[str]:
+        """`order_of` each op, in order."""
+        ids = [op.order_id for op in ops]
+        if None not in ids:
+            return cast(list[str], ids)
+        of = self.order_of
+        return [k if k is not None else of(op) for k, op in zip(ids, ops, strict=True)]
+
     @cached_property
     def ops_by_f(self) -> dict[str, list[Op]]:
         by_f: dict[str, list[Op]] = defaultdict(list)
@@ -121,63 +170,62 @@ class Facts:
             by_f[op.f].append(op)
         return dict(by_f)
 
+    def ops_of(self, f: str) -> list[Op]:
+        """The history's operations f, in history order."""
+        return self.ops_by_f.get(f, [])
+
+    def outcomes(self, f: str) -> Outcomes:
+        cached = self._outcomes.get(f)
+        if cached is None:
+            ops = self.ops_of(f)
+            ids = self.order_ids(ops)
+            results = [op.outcome for op in ops]
+            not_ok: set[str] = set()
+            info: set[str] = set()
+            if results.count(OK) < len(ops):
+                not_ok = {k for k, r in zip(ids, results, strict=True) if r != OK}
+                info = {k for k, r in zip(ids, results, strict=True) if r == INFO}
+                ok_ops = [op for op, r in zip(ops, results, strict=True) if r == OK]
+                ids = [k for k, r in zip(ids, results, strict=True) if r == OK]
+                ops = ok_ops
+            cached = Outcomes(set(ids), not_ok, info, ids, [op.end for op in ops])
+            self._outcomes[f] = cached
+        return cached
+
     def attempted(self, f: str) -> set[str]:
         """Att(f): orders with any invoke of f."""
-        return self._sets(f)[0]
+        o = self.outcomes(f)
+        return o.ok | o.not_ok
 
     def ok(self, f: str) -> set[str]:
         """Ok(f): orders with an ok completion of f."""
-        return self._sets(f)[1]
+        return self.outcomes(f).ok
 
     def failed(self, f: str) -> set[str]:
         """Fail(f): orders whose every completion of f certainly did not happen."""
-        return self._sets(f)[2]
+        o = self.outcomes(f)
+        return o.not_ok - o.ok - o.info
 
     def unknown(self, f: str) -> set[str]:
         """Info(f): orders with an unknown outcome of f and no ok."""
-        return self._sets(f)[3]
-
-    def _sets(self, f: str) -> tuple[set[str], set[str], set[str], set[str]]:
-        cached = self._history_sets.get(f)
-        if cached is None:
-            ops = self.ops_by_f.get(f, [])
-            of = self.order_of
-            att = {op.order_id if op.order_id is not None else of(op) for op in ops}
-            ok = {op.order_id if op.order_id is not None else of(op)
-                  for op in ops if op.outcome == OK}
-            info = {op.order_id if op.order_id is not None else of(op)
-                    for op in ops if op.outcome == INFO}
-            cached = (att, ok, att - ok - info, info - ok)
-            self._history_sets[f] = cached
-        return cached
+        o = self.outcomes(f)
+        return o.info - o.ok
 
     @cached_property
     def completed_ops(self) -> int:
         return [op.outcome for op in self.records.ops].count(OK)
 
     @cached_property
-    def shopper_times(self) -> tuple[dict[str, float], dict[str, float]]:
-        """order → when its first pay was acknowledged; order → when a poll first saw PAID."""
-        pays = [op for op in self.ops_by_f.get("pay", []) if op.outcome == OK]
-        polls = [op for op in self.ops_by_f.get("poll", [])
+    def seen_paid(self) -> dict[str, float]:
+        """order → when a shopper's poll first saw it PAID."""
+        polls = [op for op in self.ops_of("poll")
                  if op.outcome == OK and op.status in PAID_STATES]
-        return self._earliest(pays), self._earliest(polls)
-
-    def _earliest(self, ops: list[Op]) -> dict[str, float]:
-        """order → the earliest completion among `ops`."""
-        of = self.order_of
-        first = {op.order_id if op.order_id is not None else of(op): op.end for op in ops}
-        if len(first) == len(ops) and None not in first.values():
+        ids = self.order_ids(polls)
+        ends = [op.end for op in polls]
+        first = dict(zip(ids, ends, strict=True))
+        if len(first) == len(ids) and None not in ends:
             return cast(dict[str, float], first)  # one per order, the usual case
-        earliest: dict[str, float] = {}
-        for op in ops:
-            if op.end is None:
-                continue
-            k = op.order_id if op.order_id is not None else of(op)
-            end = cast(float, op.end)
-            if end < earliest.get(k, math.inf):
-                earliest[k] = end
-        return earliest
+        return _earliest(ids, ends)
 
     # --- L: channel ledger ----------------------------------------------------
 
@@ -194,10 +242,37 @@ class Facts:
         return merchant_order_id
 
     @cached_property
+    def _succeeded_charges(self) -> list[LedgerEntry]:
+        return [e for e in self.records.ledger if e.kind == "charge" and e.status == "succeeded"]
+
+    @cached_property
+    def single_charges(self) -> SingleCharges | None:
+        """The live charges when each is the one charge of a known order (no refund, no payment
+        or order charged twice): the usual ledger, needing no grouping.  Else None."""
+        ledger = self.records.ledger
+        charged = self._succeeded_charges
+        if len(charged) < len(ledger) and [
+                e for e in ledger if e.kind == "refund" and e.status == "succeeded"]:
+            return None
+        if len({e.payment_id for e in charged}) < len(charged):
+            return None
+        paid = {e.merchant_order_id for e in charged}
+        if len(paid) < len(charged):
+            return None
+        try:
+            orders = list(map(self.orders.__getitem__, [e.merchant_order_id for e in charged]))
+        except KeyError:  # a charge for an unknown order
+            return None
+        return SingleCharges(charged, orders, paid)
+
+    @cached_property
     def charges(self) -> dict[str, tuple[LedgerEntry, ...]]:
         """order → its live charges (one per payment, not fully refunded), earliest first."""
+        single = self.single_charges
+        if single is not None:
+            return {e.merchant_order_id: (e,) for e in single.charges}
         ledger = self.records.ledger
-        charged = [e for e in ledger if e.kind == "charge" and e.status == "succeeded"]
+        charged = self._succeeded_charges
         refunded: Counter[str] = Counter()
         for e in ledger:
             if e.kind == "refund" and e.status == "succeeded":
@@ -206,11 +281,6 @@ class Facts:
         if len(first) < len(charged):  # a payment charged twice: its earliest charge counts
             first = {e.payment_id: e for e in sorted(charged, key=lambda e: e.t, reverse=True)}
         orders = self.orders
-        if not refunded:
-            fast: dict[str, tuple[LedgerEntry, ...]] = {
-                e.merchant_order_id: (e,) for e in first.values()}
-            if len(fast) == len(first) and fast.keys() <= orders.keys():
-                return fast  # one payment per known order, the usual case
         live: dict[str, list[LedgerEntry]] = {}
         for payment_id, e in first.items():
             if refunded and e.amount - refunded.get(payment_id, 0) <= 0:
@@ -223,48 +293,80 @@ class Facts:
     @cached_property
     def paid_ledger(self) -> set[str]:
         """PaidL: orders with a successful charge not fully refunded."""
-        return set(self.charges)
+        single = self.single_charges
+        return set(self.charges) if single is None else single.paid
 
     @cached_property
     def charge_txns(self) -> set[str]:
-        return {
-            e.txn_id
-            for e in self.records.ledger
-            if e.kind == "charge" and e.status == "succeeded" and e.txn_id is not None
-        }
+        return {e.txn_id for e in self._succeeded_charges if e.txn_id is not None}
 
     @cached_property
     def reserved(self) -> dict[str, Counter[str]]:
         """reservation state → sku → reserved quantity."""
-        sums: dict[str, Counter[str]] = defaultdict(Counter)
-        for r in self.records.reservations:
-            sums[r.state][r.sku] += r.qty
-        return dict(sums)
+        reservations = self.records.reservations
+        states = [r.state for r in reservations]
+        # Count skus per state in C, then correct for the rare quantity other than 1.
+        sums: dict[str, Counter[str]] = {}
+        for state in set(states):
+            if states.count(state) == len(states):
+                sums[state] = Counter([r.sku for r in reservations])
+            else:
+                sums[state] = Counter([r.sku for r, s in zip(reservations, states, strict=True)
+                                       if s == state])
+        for r in [r for r in reservations if r.qty != 1]:
+            sums[r.state][r.sku] += r.qty - 1
+        return sums
 
     @cached_property
     def genuine_notify_ids(self) -> set[str]:
         return {n.notify_id for n in self.records.notifications if not n.forged}
+
+    @cached_property
+    def acked_notifications(self) -> list[Notification]:
+        """Genuine notifications the order service answered with success."""
+        return [n for n in self.records.notifications if n.acked and not n.forged]
 
     # --- evidence -------------------------------------------------------------
 
     @cached_property
     def traces(self) -> dict[str, str]:
         """order → a trace id to open it in Jaeger (order's, else payment's, else the shopper's)."""
-        found: dict[str, str] = {}
-        for op in self.records.ops:
-            if op.trace_id and op.f == "place_order":
-                found.setdefault(self.order_of(op), op.trace_id)
-        for payment in self.records.payments:
-            if payment.trace_id:
-                found[self.ledger_order(payment.merchant_order_id)] = payment.trace_id
+        found = dict(self._fallback_traces)
         for order in self.records.orders:
             if order.trace_id:
                 found[order.order_id] = order.trace_id
         return found
 
+    @cached_property
+    def _fallback_traces(self) -> dict[str, str]:
+        """order → the payment's, else the shopper's trace id (for orders without their own)."""
+        found: dict[str, str] = {}
+        for op in self.ops_of("place_order"):
+            if op.trace_id:
+                found.setdefault(self.order_of(op), op.trace_id)
+        for payment in self.records.payments:
+            if payment.trace_id:
+                found[self.ledger_order(payment.merchant_order_id)] = payment.trace_id
+        return found
+
+    def trace_of(self, order_id: str) -> str | None:
+        order = self.orders.get(order_id)
+        if order is not None and order.trace_id:
+            return order.trace_id
+        return self._fallback_traces.get(order_id)
+
     def example(self, order_id: str | None, detail: str) -> dict[str, Any]:
-        trace = self.traces.get(order_id) if order_id is not None else None
+        trace = self.trace_of(order_id) if order_id is not None else None
         return {"order_id": order_id, "trace_id": trace, "detail": detail}
+
+
+def _earliest(ids: list[str], ends: list[float | None]) -> dict[str, float]:
+    """order → the earliest of its known ends."""
+    earliest: dict[str, float] = {}
+    for k, end in zip(ids, ends, strict=True):
+        if end is not None and end < earliest.get(k, math.inf):
+            earliest[k] = end
+    return earliest
 
 
 # --- result helpers ----------------------------------------------------------
@@ -324,7 +426,8 @@ def failed_but_charged(f: Facts) -> CheckResult:
 
 def unexpected_payment(f: Facts) -> CheckResult:
     """P4: paid in the ledger or the database without any pay attempt."""
-    bad = (f.paid_ledger | f.paid_db) - f.attempted("pay")
+    pay = f.outcomes("pay")  # (PaidL ∪ PaidD) ∖ Att(pay), with Att(pay) = Ok(pay) ∪ not ok
+    bad = (f.paid_ledger - pay.ok - pay.not_ok) | (f.paid_db - pay.ok - pay.not_ok)
     return _found(f, "P4", "unexpected payment", bad,
                   lambda k: f"paid (ledger: {k in f.paid_ledger}, order: {_status(f, k)}) "
                             "with no pay attempt in history")
@@ -353,7 +456,8 @@ def unfunded_order(f: Facts) -> CheckResult:
 
 def duplicate_charge(f: Facts) -> CheckResult:
     """P8: more than one live charge for one order."""
-    bad = {k for k, live in f.charges.items() if len(live) > 1}
+    bad = set() if f.single_charges is not None else {
+        k for k, live in f.charges.items() if len(live) > 1}
     return _found(f, "P8", "duplicate charge", bad,
                   lambda k: f"{len(f.charges[k])} live charges: "
                             + ", ".join(c.payment_id for c in f.charges[k]))
@@ -396,8 +500,11 @@ def duplicate_effect(f: Facts) -> CheckResult:
 
 def duplicate_notification(f: Facts) -> CheckResult:
     """P9': one payment notified (and acknowledged) more than once: allowed, at-least-once."""
-    extra = _repeated([(n.merchant_order_id, n.txn_id)
-                       for n in f.records.notifications if n.acked and not n.forged])
+    acked = f.acked_notifications
+    txns = [n.txn_id for n in acked]
+    extra: dict[Any, int] = {}
+    if None in txns or len(set(txns)) < len(txns):  # distinct txns make distinct pairs
+        extra = _repeated([(n.merchant_order_id, n.txn_id) for n in acked])
     per_order: Counter[str] = Counter()
     for (merchant, _), n in extra.items():
         per_order[f.ledger_order(merchant)] += n
@@ -410,33 +517,44 @@ def duplicate_notification(f: Facts) -> CheckResult:
 def amount_mismatch(f: Facts) -> CheckResult:
     """P10: a live charge's amount differs from its order's amount."""
     orders = f.orders
-    bad = {
-        k
-        for k, live in f.charges.items()
-        if k in orders and any(c.amount != orders[k].amount for c in live)
-    }
+    single = f.single_charges
+    if single is not None:
+        bad = {e.merchant_order_id for e, o in zip(single.charges, single.orders, strict=True)
+               if e.amount != o.amount}
+    else:
+        bad = {k for k, live in f.charges.items()
+               if k in orders and any(c.amount != orders[k].amount for c in live)}
     return _found(f, "P10", "amount mismatch", bad,
                   lambda k: f"order amount {orders[k].amount}, charged "
                             + ", ".join(str(c.amount) for c in f.charges[k]))
 
 
+def _payment_lags(f: Facts) -> tuple[list[float], list[float]]:
+    """Charge times and t_paid − charge time, for every paid order with a live charge."""
+    single = f.single_charges
+    if single is not None and f.unique_orders:
+        # Each order has one row and at most one charge: walk the charges, no per-order map.
+        firsts, charged = single.charges, single.orders
+    else:
+        charges = f.charges
+        charged = [o for o in f.records.orders if o.order_id in charges]
+        firsts = [charges[o.order_id][0] for o in charged]
+    paid_at = [o.t_paid if o.status in PAID_STATES else None for o in charged]
+    if None in paid_at:
+        kept = [(e, t) for e, t in zip(firsts, paid_at, strict=True) if t is not None]
+        firsts, paid_at = [e for e, _ in kept], [t for _, t in kept]
+    times = [e.t for e in firsts]
+    return times, list(map(operator.sub, cast(list[float], paid_at), times))
+
+
 def payment_lag_samples(f: Facts) -> list[tuple[float, float]]:
     """(charge time, t_paid − charge time) for every paid order with a live charge."""
-    out: list[tuple[float, float]] = []
-    charges = f.charges
-    for order in f.records.orders:
-        if order.t_paid is None or order.status not in PAID_STATES:
-            continue
-        live = charges.get(order.order_id)
-        if live:
-            first = live[0].t
-            out.append((first, order.t_paid - first))
-    return out
+    return list(zip(*_payment_lags(f), strict=True))
 
 
 def payment_lag(f: Facts) -> CheckResult:
     """P11: from the charge at the channel to the order being paid (SLO material)."""
-    stats = quantiles(lag for _, lag in payment_lag_samples(f))
+    stats = quantiles(_payment_lags(f)[1])
     return CheckResult("P11", "payment lag", INFO_VERDICT, int(stats["count"] or 0), [], stats)
 
 
@@ -449,26 +567,33 @@ class Confirmations:
     paid_ok: int
 
 
-def confirmation_samples(f: Facts) -> Confirmations:
-    pay_ok, seen_paid = f.shopper_times
-    samples: list[tuple[float, float]] = []
+def _confirmation_waits(f: Facts) -> tuple[list[float], list[float], list[tuple[float, str]]]:
+    """Pay ok times and the wait until a poll saw PAID, of the shoppers who saw it; who never."""
+    paid, paid_at = f.outcomes("pay").first_ok()
+    seen_at = list(map(f.seen_paid.get, paid))
     gave_up: list[tuple[float, str]] = []
-    for k, t_ok in pay_ok.items():
-        t_seen = seen_paid.get(k)
-        if t_seen is None:
-            gave_up.append((t_ok, k))
-        else:
-            samples.append((t_ok, max(0.0, t_seen - t_ok)))
-    return Confirmations(samples, gave_up, len(pay_ok))
+    if None in seen_at:
+        gave_up = [(t, k) for k, t, s in zip(paid, paid_at, seen_at, strict=True) if s is None]
+        saw = [(t, s) for t, s in zip(paid_at, seen_at, strict=True) if s is not None]
+        paid_at, seen_at = [t for t, _ in saw], [s for _, s in saw]
+    waits = [w if w > 0.0 else 0.0 for w in map(operator.sub, seen_at, paid_at)]  # max(0, w)
+    return paid_at, waits, gave_up
+
+
+def confirmation_samples(f: Facts) -> Confirmations:
+    times, waits, gave_up = _confirmation_waits(f)
+    return Confirmations(list(zip(times, waits, strict=True)), gave_up,
+                         len(times) + len(gave_up))
 
 
 def confirmation_time(f: Facts) -> CheckResult:
     """P11': from the shopper's pay ok to the first poll that sees PAID ("stuck on processing")."""
-    c = confirmation_samples(f)
-    stats: dict[str, Any] = dict(quantiles(t for _, t in c.samples))
-    stats["gave_up"] = len(c.gave_up)
-    stats["gave_up_share"] = len(c.gave_up) / c.paid_ok if c.paid_ok else None
-    return _found(f, "P11'", "shopper confirmation time", [k for _, k in c.gave_up],
+    times, waits, gave_up = _confirmation_waits(f)
+    paid_ok = len(times) + len(gave_up)
+    stats: dict[str, Any] = dict(quantiles(waits))
+    stats["gave_up"] = len(gave_up)
+    stats["gave_up_share"] = len(gave_up) / paid_ok if paid_ok else None
+    return _found(f, "P11'", "shopper confirmation time", [k for _, k in gave_up],
                   lambda k: "paid, but no poll saw PAID", verdict=INFO_VERDICT, stats=stats)
 
 
@@ -476,17 +601,15 @@ def forged_accepted(f: Facts) -> CheckResult:
     """P12: a notification the channel never genuinely sent changed state, or a PAID order's
     transaction is not a charge in the ledger."""
     reasons: dict[str, str] = {}
-    accepted = {row.notify_id for row in f.records.inbox if row.notify_id is not None}
-    if accepted - f.genuine_notify_ids:  # rare: only then look for the rows
+    accepted = [row.notify_id for row in f.records.inbox if row.notify_id is not None]
+    if not f.genuine_notify_ids.issuperset(accepted):  # rare: only then look for the rows
         genuine = f.genuine_notify_ids
         for row in f.records.inbox:
             nid = row.notify_id
             if nid is not None and nid not in genuine and _is_effect(row.outcome):
                 reasons.setdefault(row.order_id, f"accepted notification {nid} was never "
                                                  "genuinely sent by the channel")
-    paid_txns = {o.txn_id for o in f.records.orders
-                 if o.txn_id is not None and o.status in PAID_STATES}
-    if paid_txns - f.charge_txns:
+    if not _paid_txns_are_charges(f):
         txns = f.charge_txns
         for order in f.records.orders:
             txn = order.txn_id
@@ -496,12 +619,27 @@ def forged_accepted(f: Facts) -> CheckResult:
     return _found(f, "P12", "forged accepted", reasons, lambda k: reasons[k])
 
 
+def _paid_txns_are_charges(f: Facts) -> bool:
+    """Is every PAID order's txn a succeeded charge in the ledger?"""
+    paid_txns = [o.txn_id for o in f.records.orders
+                 if o.txn_id is not None and o.status in PAID_STATES]
+    single = f.single_charges
+    if single is not None and f.unique_orders:  # usually each order's txn is its own charge's
+        own = [o for e, o in zip(single.charges, single.orders, strict=True)
+               if o.txn_id == e.txn_id and o.txn_id is not None and o.status in PAID_STATES]
+        if len(own) == len(paid_txns):
+            return True
+    return f.charge_txns.issuperset(paid_txns)
+
+
 # --- orders ------------------------------------------------------------------
 
 
 def lost_order(f: Facts) -> CheckResult:
     """O1: the shopper was told the order exists, the order database does not have it."""
-    bad = f.ok("place_order") - set(f.orders)
+    places = [op for op in f.ops_of("place_order") if op.outcome == OK]
+    orders = f.orders
+    bad = {k for k in f.order_ids(places) if k not in orders}  # Ok(place_order) ∖ D
     return _found(f, "O1", "lost order", bad, lambda k: "place_order ok in history, no order in D")
 
 
@@ -611,7 +749,10 @@ def sold_unpaid(f: Facts) -> CheckResult:
     """I5: stock confirmed for an unpaid order, or a paid order's stock released and no refund."""
     reasons: dict[str, str] = {}
     paid = f.paid_ledger
-    for r in f.records.reservations:
+    # Confirmed and paid go together; only a reservation where they differ can offend.
+    suspects = [r for r in f.records.reservations
+                if (r.state == "CONFIRMED") is not (r.order_id in paid)]
+    for r in suspects:
         if r.state == "CONFIRMED" and r.order_id not in paid:
             reasons[r.order_id] = "reservation CONFIRMED, no live charge in the ledger"
         elif r.state == "CANCELLED" and r.order_id in paid:
@@ -634,15 +775,16 @@ def lost_acknowledgement(f: Facts) -> CheckResult:
     acked genuine notification without a receipt was answered before (or without) a commit:
     after a crash the channel stops retrying and only reconciliation can save the payment.
     """
-    acked = {n.notify_id: n for n in f.records.notifications if n.acked and not n.forged}
+    acked = f.acked_notifications
     if acked and not f.records.receipts:
         return CheckResult("P13", "lost acknowledgement", UNKNOWN, 0, [],
                            {"error": "the order export has no receipt records to compare"})
     kept = {r.notify_id for r in f.records.receipts}
-    lost = {}
-    for notify_id, n in acked.items():
-        if notify_id not in kept:
-            lost[f.ledger_order(n.merchant_order_id)] = notify_id
+    lost: dict[str, str] = {}
+    if not kept.issuperset([n.notify_id for n in acked]):  # rare: only then name the orders
+        for notify_id, n in {n.notify_id: n for n in acked}.items():
+            if notify_id not in kept:
+                lost[f.ledger_order(n.merchant_order_id)] = notify_id
     return _found(f, "P13", "lost acknowledgement", lost,
                   lambda k: f"notification {lost[k]} was acknowledged but not recorded")
 

@@ -1,14 +1,22 @@
 """Load a run directory into plain typed records: the history H, the ledger L and the databases D.
 
-One pass per file, no pandas: the audit must read a million orders in seconds.  A history
-`invoke` is paired with its completion by `op_id` into one `Op`; an invoke without a
-completion is an `info` op (outcome unknown), as in Jepsen.
+No pandas, and no Python call per field: the audit must read a million orders in seconds.  Each
+NDJSON file is parsed a few hundred lines per `json.loads`; each record type's fields are then
+read column by column (one type scan when, as usual, the values already have the right type) and
+its records built with one `map`.  Repeated strings (order ids, states, trace ids) are kept once.
+Any bad line is then found record by record, so the error still names it.  A history `invoke`
+is paired with its completion by `op_id` into one `Op`; an invoke without a completion is an
+`info` op (outcome unknown), as in Jepsen.
 """
 
 from __future__ import annotations
 
+import gc
+import json
 import math
-from collections.abc import Iterable, Mapping
+import operator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -16,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from chaosbed.rundir import RunDirError, iter_ndjson, read_json
+from chaosbed.rundir import RunDirError, read_json
 
 OK, FAIL, INFO = "ok", "fail", "info"
 DEFAULT_SWEEP_EVERY_S = 2.0
@@ -244,9 +252,14 @@ class Records:
 
 # --- history -----------------------------------------------------------------
 
+_COMPLETIONS = frozenset({OK, FAIL, INFO})
+
 
 def ops_from_history(lines: Iterable[Mapping[str, Any]], source: str = "history") -> list[Op]:
-    """Pair invokes with completions by op_id; unpaired invokes become `info` ops."""
+    """Pair invokes with completions by op_id; unpaired invokes become `info` ops.
+
+    The record-by-record reference of what `load_run` does in bulk (and how it names a bad line).
+    """
     open_ops: dict[str, tuple[Mapping[str, Any], int]] = {}
     ops: list[Op] = []
     for number, rec in enumerate(lines, 1):
@@ -258,7 +271,7 @@ def ops_from_history(lines: Iterable[Mapping[str, Any]], source: str = "history"
         if kind == "invoke":
             open_ops[op_id] = (rec, number)
             continue
-        if kind not in (OK, FAIL, INFO):
+        if kind not in _COMPLETIONS:
             raise RecordsError(
                 f"{source}:{number}: history type {kind!r} is not one of invoke, ok, fail, info"
             )
@@ -312,6 +325,10 @@ def _opt_str(value: Any) -> str | None:
     return None if value is None or value == "" else str(value)
 
 
+def _nullable_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
 def _opt_float(value: Any) -> float | None:
     if value is None:
         return None
@@ -319,176 +336,372 @@ def _opt_float(value: Any) -> float | None:
     return None if math.isnan(number) else number
 
 
-# --- exports -----------------------------------------------------------------
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
-def _channel(records: Records, rec: Mapping[str, Any]) -> None:
-    kind = rec.get("type")
-    if kind == "payment":
-        records.payments.append(
-            Payment(
-                payment_id=str(rec["payment_id"]),
-                merchant_order_id=str(rec["merchant_order_id"]),
-                amount=int(rec["amount"]),
-                created_at=float(rec.get("created_at") or 0.0),
-                trace_id=_opt_str(rec.get("trace_id")),
-            )
-        )
-    elif kind == "ledger":
-        records.ledger.append(
-            LedgerEntry(
-                seq=int(rec.get("seq") or 0),
-                txn_id=_opt_str(rec.get("txn_id")),
-                payment_id=str(rec.get("payment_id") or ""),
-                merchant_order_id=str(rec["merchant_order_id"]),
-                kind=str(rec["kind"]),
-                amount=int(rec.get("amount") or 0),
-                status=str(rec.get("status") or "succeeded"),
-                t=float(rec["t"]),
-                refund_id=_opt_str(rec.get("refund_id")),
-            )
-        )
-    elif kind == "notification":
-        records.notifications.append(
-            Notification(
-                notify_id=str(rec["notify_id"]),
-                payment_id=_opt_str(rec.get("payment_id")),
-                merchant_order_id=str(rec.get("merchant_order_id") or ""),
-                txn_id=_opt_str(rec.get("txn_id")),
-                attempt=int(rec.get("attempt") or 1),
-                t=float(rec["t"]),
-                acked=bool(rec.get("acked")),
-                status_code=None if rec.get("status_code") is None else int(rec["status_code"]),
-                forged=bool(rec.get("forged")),
-                dropped=bool(rec.get("dropped")),
-                trace_id=_opt_str(rec.get("trace_id")),
-            )
-        )
+def _str_list(value: Any) -> list[str]:
+    return [str(item) for item in value]
 
 
-def _order(records: Records, rec: Mapping[str, Any]) -> None:
-    kind = rec.get("type")
-    if kind == "order":
-        records.orders.append(
-            Order(
-                order_id=str(rec["order_id"]),
-                idempotency_key=_opt_str(rec.get("idempotency_key")),
-                sku=_opt_str(rec.get("sku")),
-                qty=int(rec.get("qty") or 0),
-                amount=int(rec.get("amount") or 0),
-                status=str(rec["status"]),
-                payment_id=_opt_str(rec.get("payment_id")),
-                txn_id=_opt_str(rec.get("txn_id")),
-                created_at=float(rec.get("created_at") or 0.0),
-                t_paid=_opt_float(rec.get("t_paid")),
-                t_final=_opt_float(rec.get("t_final")),
-                trace_id=_opt_str(rec.get("trace_id")),
-                flags=[str(flag) for flag in rec.get("flags") or []],
-            )
-        )
-    elif kind == "transition":
-        records.transitions.append(
-            Transition(
-                order_id=str(rec["order_id"]),
-                from_state=_opt_str(rec.get("from")),
-                to_state=str(rec["to"]),
-                t=float(rec["t"]),
-                cause=_opt_str(rec.get("cause")),
-            )
-        )
-    elif kind == "inbox":
-        records.inbox.append(
-            InboxEntry(
-                txn_id=_opt_str(rec.get("txn_id")),
-                notify_id=_opt_str(rec.get("notify_id")),
-                order_id=str(rec["order_id"]),
-                t=float(rec["t"]),
-                outcome=_opt_str(rec.get("outcome")),
-            )
-        )
-    elif kind == "receipt":
-        records.receipts.append(
-            Receipt(
-                notify_id=str(rec["notify_id"]),
-                txn_id=_opt_str(rec.get("txn_id")),
-                order_id=str(rec["order_id"]),
-                t=float(rec["t"]),
-            )
-        )
-    elif kind == "outbox":
-        records.outbox.append(
-            OutboxEntry(
-                id=str(rec["id"]),
-                order_id=str(rec["order_id"]),
-                kind=str(rec["kind"]),
-                created_at=float(rec.get("created_at") or 0.0),
-                delivered_at=_opt_float(rec.get("delivered_at")),
-                attempts=int(rec.get("attempts") or 0),
-            )
-        )
-    elif kind == "refund":
-        records.order_refunds.append(
-            OrderRefund(
-                order_id=str(rec["order_id"]),
-                refund_id=str(rec["refund_id"]),
-                txn_id=_opt_str(rec.get("txn_id")),
-                amount=int(rec.get("amount") or 0),
-                t=float(rec["t"]),
-            )
-        )
+def _no_empty_string(column: list[Any]) -> bool:
+    return "" not in column
 
 
-def _inventory(records: Records, rec: Mapping[str, Any]) -> None:
-    kind = rec.get("type")
-    if kind == "stock":
-        records.stock.append(
-            Stock(sku=str(rec["sku"]), initial=int(rec["initial"]), available=int(rec["available"]))
-        )
-    elif kind == "reservation":
-        records.reservations.append(
-            Reservation(
-                order_id=str(rec["order_id"]),
-                sku=str(rec["sku"]),
-                qty=int(rec["qty"]),
-                state=str(rec["state"]),
-                t_try=float(rec["t_try"]),
-                t_end=_opt_float(rec.get("t_end")),
-                ttl=float(rec.get("ttl") or 0.0),
-                cancel_reason=_opt_str(rec.get("cancel_reason")),
-            )
-        )
-    elif kind == "tombstone":
-        records.tombstones.append(Tombstone(order_id=str(rec["order_id"]), t=float(rec["t"])))
-    elif kind == "event":
-        records.stock_events.append(
-            StockEvent(
-                order_id=str(rec["order_id"]),
-                kind=str(rec["kind"]),
-                t=float(rec["t"]),
-                stock_delta=int(rec.get("stock_delta") or 0),
-            )
-        )
+def _no_nan(column: list[Any]) -> bool:
+    return not any(map(math.isnan, filter(None, column)))  # filter(None) drops None and 0.0
 
 
-def _fault(records: Records, rec: Mapping[str, Any]) -> None:
-    records.faults.append(
-        FaultEvent(
-            event=str(rec["event"]),
-            step=int(rec.get("step") or 0),
-            fault=str(rec.get("fault") or "?"),
-            target=str(rec.get("target") or "?"),
-            t=float(rec["t"]),
-            ok=bool(rec.get("ok", True)),
-            params=dict(rec.get("params") or {}),
-            error=_opt_str(rec.get("error")),
-        )
+# --- how each record field is read -------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Kind:
+    """A field type: `one` converts (or rejects) one value; a column of only `fast` types that
+    passes `check` is already converted, so a million clean values cost one type scan."""
+
+    one: Callable[[Any], Any]
+    fast: frozenset[type]
+    check: Callable[[list[Any]], bool] | None = None
+    shared: bool = False  # a string that recurs across records: keep one copy (memory, speed)
+
+
+_NONE = type(None)
+_STR = _Kind(str, frozenset({str}), shared=True)
+_OPT_STR = _Kind(_opt_str, frozenset({str, _NONE}), _no_empty_string, shared=True)  # "" → None
+_TEXT = _Kind(_nullable_str, frozenset({str, _NONE}), shared=True)  # "" kept
+_UNIQUE_STR = _Kind(str, frozenset({str}))  # op ids, row ids: nothing to share
+_FLOAT = _Kind(float, frozenset({float}))
+_OPT_FLOAT = _Kind(_opt_float, frozenset({float, _NONE}), _no_nan)
+_INT = _Kind(int, frozenset({int}))
+_OPT_INT = _Kind(_opt_int, frozenset({int, _NONE}))
+_BOOL = _Kind(bool, frozenset({bool}))
+_STR_LIST = _Kind(_str_list, frozenset())
+_PARAMS = _Kind(dict, frozenset())
+
+_REQUIRED = object()
+
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    """One constructor argument: `rec[name]` if required, else `rec.get(name) or default`
+    (or `rec.get(name, absent)` when there is no default)."""
+
+    name: str
+    kind: _Kind
+    default: Any = _REQUIRED
+    absent: Any = None
+    use_or: bool = False
+
+    def raw_column(self, rows: list[dict[str, Any]]) -> list[Any]:
+        name = self.name
+        if self.default is _REQUIRED:
+            return [row[name] for row in rows]
+        if self.use_or:
+            default = self.default
+            return [row.get(name) or default for row in rows]
+        absent = self.absent
+        return [row.get(name, absent) for row in rows]
+
+    def value(self, row: Mapping[str, Any]) -> Any:
+        """The record-by-record reading, used to name a bad line."""
+        if self.default is _REQUIRED:
+            return self.kind.one(row[self.name])
+        if self.use_or:
+            return self.kind.one(row.get(self.name) or self.default)
+        return self.kind.one(row.get(self.name, self.absent))
+
+
+def _req(name: str, kind: _Kind) -> _Field:
+    return _Field(name, kind)
+
+
+def _opt(name: str, kind: _Kind, absent: Any = None) -> _Field:
+    return _Field(name, kind, default=None, absent=absent)
+
+
+def _or(name: str, kind: _Kind, default: Any) -> _Field:
+    return _Field(name, kind, default=default, use_or=True)
+
+
+_Interner = Callable[[Any, Any], Any]
+
+
+def _convert(column: list[Any], kind: _Kind, intern: _Interner) -> list[Any]:
+    types = set(map(type, column))
+    if not (types <= kind.fast and (kind.check is None or kind.check(column))):
+        column = list(map(kind.one, column))
+    if kind.shared:
+        column = list(map(intern, column, column))
+    return column
+
+
+@dataclass(frozen=True, slots=True)
+class _Schema:
+    """One record type of an export: the class, the `Records` list it fills, its fields in
+    constructor order."""
+
+    cls: Callable[..., Any]
+    into: str
+    fields: tuple[_Field, ...]
+
+    def build(self, rows: list[dict[str, Any]], intern: _Interner) -> list[Any]:
+        columns = [_convert(f.raw_column(rows), f.kind, intern) for f in self.fields]
+        return list(map(self.cls, *columns))
+
+    def first_error(self, rows: Iterable[dict[str, Any]], numbers: Iterable[int]) -> tuple[
+            int, dict[str, Any], Exception] | None:
+        for row, number in zip(rows, numbers, strict=True):
+            try:
+                for f in self.fields:
+                    f.value(row)
+            except (KeyError, TypeError, ValueError) as exc:
+                return number, row, exc
+        return None
+
+
+_CHANNEL = {
+    "payment": _Schema(Payment, "payments", (
+        _req("payment_id", _STR), _req("merchant_order_id", _STR), _req("amount", _INT),
+        _or("created_at", _FLOAT, 0.0), _opt("trace_id", _OPT_STR))),
+    "ledger": _Schema(LedgerEntry, "ledger", (
+        _or("seq", _INT, 0), _opt("txn_id", _OPT_STR), _or("payment_id", _STR, ""),
+        _req("merchant_order_id", _STR), _req("kind", _STR), _or("amount", _INT, 0),
+        _or("status", _STR, "succeeded"), _req("t", _FLOAT), _opt("refund_id", _OPT_STR))),
+    "notification": _Schema(Notification, "notifications", (
+        _req("notify_id", _STR), _opt("payment_id", _OPT_STR), _or("merchant_order_id", _STR, ""),
+        _opt("txn_id", _OPT_STR), _or("attempt", _INT, 1), _req("t", _FLOAT), _opt("acked", _BOOL),
+        _opt("status_code", _OPT_INT), _opt("forged", _BOOL), _opt("dropped", _BOOL),
+        _opt("trace_id", _OPT_STR))),
+}
+_ORDER = {
+    "order": _Schema(Order, "orders", (
+        _req("order_id", _STR), _opt("idempotency_key", _OPT_STR), _opt("sku", _OPT_STR),
+        _or("qty", _INT, 0), _or("amount", _INT, 0), _req("status", _STR),
+        _opt("payment_id", _OPT_STR), _opt("txn_id", _OPT_STR), _or("created_at", _FLOAT, 0.0),
+        _opt("t_paid", _OPT_FLOAT), _opt("t_final", _OPT_FLOAT), _opt("trace_id", _OPT_STR),
+        _or("flags", _STR_LIST, ()))),
+    "transition": _Schema(Transition, "transitions", (
+        _req("order_id", _STR), _opt("from", _OPT_STR), _req("to", _STR), _req("t", _FLOAT),
+        _opt("cause", _OPT_STR))),
+    "inbox": _Schema(InboxEntry, "inbox", (
+        _opt("txn_id", _OPT_STR), _opt("notify_id", _OPT_STR), _req("order_id", _STR),
+        _req("t", _FLOAT), _opt("outcome", _OPT_STR))),
+    "receipt": _Schema(Receipt, "receipts", (
+        _req("notify_id", _STR), _opt("txn_id", _OPT_STR), _req("order_id", _STR),
+        _req("t", _FLOAT))),
+    "outbox": _Schema(OutboxEntry, "outbox", (
+        _req("id", _UNIQUE_STR), _req("order_id", _STR), _req("kind", _STR),
+        _or("created_at", _FLOAT, 0.0), _opt("delivered_at", _OPT_FLOAT),
+        _or("attempts", _INT, 0))),
+    "refund": _Schema(OrderRefund, "order_refunds", (
+        _req("order_id", _STR), _req("refund_id", _STR), _opt("txn_id", _OPT_STR),
+        _or("amount", _INT, 0), _req("t", _FLOAT))),
+}
+_INVENTORY = {
+    "stock": _Schema(Stock, "stock", (_req("sku", _STR), _req("initial", _INT),
+                                      _req("available", _INT))),
+    "reservation": _Schema(Reservation, "reservations", (
+        _req("order_id", _STR), _req("sku", _STR), _req("qty", _INT), _req("state", _STR),
+        _req("t_try", _FLOAT), _opt("t_end", _OPT_FLOAT), _or("ttl", _FLOAT, 0.0),
+        _opt("cancel_reason", _OPT_STR))),
+    "tombstone": _Schema(Tombstone, "tombstones", (_req("order_id", _STR), _req("t", _FLOAT))),
+    "event": _Schema(StockEvent, "stock_events", (
+        _req("order_id", _STR), _req("kind", _STR), _req("t", _FLOAT),
+        _or("stock_delta", _INT, 0))),
+}
+_FAULT = _Schema(FaultEvent, "faults", (
+    _req("event", _STR), _or("step", _INT, 0), _or("fault", _STR, "?"), _or("target", _STR, "?"),
+    _req("t", _FLOAT), _opt("ok", _BOOL, absent=True), _or("params", _PARAMS, ()),
+    _opt("error", _OPT_STR)))
+
+
+# --- reading NDJSON in bulk ----------------------------------------------------
+
+CHUNK_BYTES = 128 << 10  # lines per json.loads call: its records stay in the CPU cache
+
+
+def _chunks(path: Path) -> Iterator[tuple[list[dict[str, Any]], Sequence[int]]]:
+    """The records of an NDJSON file, chunk by chunk, each with its records' line numbers.
+
+    A chunk is parsed as one JSON array, several times faster than a `loads` per line; only if
+    that fails or yields a different count are its lines parsed one by one, to name the bad one.
+    """
+    first = 1
+    with path.open(encoding="utf-8") as src:
+        while lines := src.readlines(CHUNK_BYTES):
+            values: Any = None
+            with suppress(ValueError):
+                values = json.loads("[" + ",".join(lines) + "]")
+            numbers: Sequence[int]
+            if values is not None and len(values) == len(lines):
+                numbers = range(first, first + len(lines))
+            else:
+                values, numbers = _parse_lines(path, lines, first)
+            if set(map(type, values)) - {dict}:
+                number, value = next((n, v) for n, v in zip(numbers, values, strict=True)
+                                     if not isinstance(v, dict))
+                raise RecordsError(f"{path}:{number}: not a JSON object: {value!r:.200}")
+            yield values, numbers
+            first += len(lines)
+
+
+def _parse_lines(path: Path, lines: list[str], first: int) -> tuple[list[Any], list[int]]:
+    values: list[Any] = []
+    numbers: list[int] = []
+    for number, line in enumerate(lines, first):
+        if not line.strip():
+            continue
+        try:
+            values.append(json.loads(line))
+        except ValueError as exc:
+            if line is lines[-1] and not line.endswith("\n"):
+                break  # a torn last line: the writer was killed mid-line
+            raise RecordsError(f"{path}:{number}: not valid JSON: {exc}") from None
+        numbers.append(number)
+    return values, numbers
+
+
+def _load_history(path: Path, intern: _Interner) -> list[Op]:
+    """Pair invokes with completions by op_id (as `ops_from_history`), building ops per chunk."""
+    open_ops: dict[str, tuple[dict[str, Any], int]] = {}
+    ops: list[Op] = []
+    pop = open_ops.pop
+    for values, numbers in _chunks(path):
+        invokes: list[dict[str, Any]] = []
+        dones: list[dict[str, Any]] = []
+        done_numbers: list[int] = []
+        for rec, number in zip(values, numbers, strict=True):
+            op_id = rec.get("op_id")
+            if op_id is None:
+                raise RecordsError(f"{path}:{number}: history record has no op_id")
+            kind = rec.get("type")
+            if kind == "invoke":
+                open_ops[str(op_id)] = (rec, number)
+                continue
+            if kind not in _COMPLETIONS:
+                raise RecordsError(
+                    f"{path}:{number}: history type {kind!r} is not one of invoke, ok, fail, info"
+                )
+            pending = pop(str(op_id), None)
+            invokes.append(rec if pending is None else pending[0])
+            dones.append(rec)
+            done_numbers.append(number)
+        ops += _ops(path, invokes, dones, done_numbers, intern)
+    unfinished = list(open_ops.values())
+    ops += _ops(path, [rec for rec, _ in unfinished], None, [n for _, n in unfinished], intern)
+    return ops
+
+
+def _ops(
+    path: Path,
+    invokes: list[dict[str, Any]],
+    dones: list[dict[str, Any]] | None,
+    numbers: list[int],
+    intern: _Interner,
+) -> list[Op]:
+    """`_op` over whole columns: the same values, without a Python call per field."""
+    if not invokes:
+        return []
+    try:
+        return _op_columns(invokes, dones, intern)
+    except (KeyError, TypeError, ValueError):
+        pass
+    for i, (invoke, number) in enumerate(zip(invokes, numbers, strict=True)):
+        done = None if dones is None else dones[i]
+        _op(invoke, done, INFO if done is None else str(done["type"]), str(path), number)
+    raise RecordsError(f"{path}: unreadable history records")  # unreachable: _op raised
+
+
+def _op_columns(
+    invokes: list[dict[str, Any]], dones: list[dict[str, Any]] | None, intern: _Interner
+) -> list[Op]:
+    n = len(invokes)
+    f = _convert([i["f"] for i in invokes], _STR, intern)
+    op_id = _convert([i["op_id"] for i in invokes], _UNIQUE_STR, intern)
+    process = _convert([i.get("process") or "" for i in invokes], _STR, intern)
+    start = _convert([i["wall"] for i in invokes], _FLOAT, intern)
+    lasts = invokes if dones is None else dones
+    key, order_id, trace_id = (
+        _convert([d.get(name) or i.get(name) for i, d in zip(invokes, lasts, strict=True)],
+                 _OPT_STR, intern)
+        for name in ("key", "order_id", "trace_id")
     )
+    nothing: list[Any] = [None] * n
+    if dones is None:
+        return list(map(Op, f, op_id, process, key, order_id, start, nothing, nothing,
+                        [INFO] * n, trace_id, nothing, nothing))
+    t_done = _convert([d["time"] for d in dones], _FLOAT, intern)
+    t_invoke = _convert([i["time"] for i in invokes], _FLOAT, intern)
+    latency = [dt if dt > 0.0 else 0.0 for dt in map(operator.sub, t_done, t_invoke)]
+    end = list(map(operator.add, start, latency))
+    kinds = [d["type"] for d in dones]
+    outcome = list(map(intern, kinds, kinds))
+    values = [d.get("value") for d in dones]
+    status = _convert([v.get("status") if isinstance(v, Mapping) else None for v in values],
+                      _TEXT, intern)
+    error = _convert([d.get("error") for d in dones], _TEXT, intern)
+    return list(map(Op, f, op_id, process, key, order_id, start, end, latency, outcome,
+                    trace_id, status, error))
+
+
+def _load_export(
+    records: Records, path: Path, schemas: Mapping[str, _Schema], intern: _Interner
+) -> None:
+    """Records of the known `type`s go to their lists, in file order; other types are skipped."""
+    for values, numbers in _chunks(path):
+        kinds = [rec.get("type") for rec in values]
+        for kind, schema in schemas.items():
+            count = kinds.count(kind)
+            if count == 0:
+                continue
+            rows = values if count == len(values) else [
+                rec for rec, k in zip(values, kinds, strict=True) if k == kind]
+            lines = numbers if rows is values else [
+                n for n, k in zip(numbers, kinds, strict=True) if k == kind]
+            _add(records, path, schema, rows, lines, intern)
+
+
+def _add(
+    records: Records,
+    path: Path,
+    schema: _Schema,
+    rows: list[dict[str, Any]],
+    numbers: Sequence[int],
+    intern: _Interner,
+) -> None:
+    try:
+        getattr(records, schema.into).extend(schema.build(rows, intern))
+        return
+    except (KeyError, TypeError, ValueError):
+        found = schema.first_error(rows, numbers)
+        if found is None:
+            raise
+    number, rec, exc = found
+    raise RecordsError(f"{path}:{number}: bad record ({exc!r}): {rec}") from None
 
 
 # --- run directory -----------------------------------------------------------
 
 REQUIRED = ("history.ndjson", "exports/channel.ndjson", "exports/order.ndjson")
 OPTIONAL = ("exports/inventory.ndjson", "faults.ndjson", "run.json", "scenario.yaml")
+EXPORTS: tuple[tuple[str, Mapping[str, _Schema]], ...] = (
+    ("exports/channel.ndjson", _CHANNEL),
+    ("exports/order.ndjson", _ORDER),
+    ("exports/inventory.ndjson", _INVENTORY),
+)
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Millions of long-lived, acyclic records make the cyclic GC rescan them over and over."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def load_run(run_dir: Path) -> Records:
@@ -501,31 +714,24 @@ def load_run(run_dir: Path) -> Records:
         raise RecordsError(f"run directory {run_dir} is missing {', '.join(missing_required)}")
     records = Records()
     records.missing = [name for name in OPTIONAL if not (run_dir / name).is_file()]
-    history = run_dir / "history.ndjson"
-    records.ops = ops_from_history(_ndjson(history), source=str(history))
-    for name, add in (
-        ("exports/channel.ndjson", _channel),
-        ("exports/order.ndjson", _order),
-        ("exports/inventory.ndjson", _inventory),
-        ("faults.ndjson", _fault),
-    ):
-        path = run_dir / name
-        if not path.is_file():
-            continue
-        for number, rec in enumerate(_ndjson(path), 1):
-            try:
-                add(records, rec)
-            except (KeyError, TypeError, ValueError) as exc:
-                raise RecordsError(f"{path}:{number}: bad record ({exc!r}): {rec}") from None
+    # One copy of each repeated string (order ids, states, trace ids) for the whole run.
+    intern: _Interner = {}.setdefault
+    path = run_dir / "history.ndjson"
+    try:
+        with gc_paused():
+            records.ops = _load_history(path, intern)
+            for name, schemas in EXPORTS:
+                path = run_dir / name
+                if path.is_file():
+                    _load_export(records, path, schemas, intern)
+            path = run_dir / "faults.ndjson"
+            if path.is_file():
+                for values, numbers in _chunks(path):
+                    _add(records, path, _FAULT, values, numbers, intern)
+    except UnicodeDecodeError as exc:
+        raise RecordsError(f"{path} is not UTF-8 text: {exc}") from None
     records.run = _run_info(run_dir)
     return records
-
-
-def _ndjson(path: Path) -> Iterable[dict[str, Any]]:
-    try:
-        yield from iter_ndjson(path)
-    except RunDirError as exc:
-        raise RecordsError(str(exc)) from None
 
 
 def _run_info(run_dir: Path) -> RunInfo:

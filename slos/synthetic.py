@@ -8,7 +8,9 @@ them.  `write_run(records, run_dir)` writes them as a run directory in the contr
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from functools import partial
+from itertools import chain, groupby
 from pathlib import Path
 from typing import Any
 
@@ -102,79 +104,156 @@ def clean_run(
 
 # --- writing a run directory in the contract formats ---------------------------
 
+_BATCH = 50_000  # rows encoded per json.dumps call
 
-def _ndjson(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
+
+def _json_texts(values: list[Any]) -> list[str]:
+    """Each value's JSON text: one `json.dumps` of the whole list, split at its separators, when
+    no value's own text holds a separator; else one `json.dumps` per value."""
+    if not values:
+        return []
+    texts = json.dumps(values)[1:-1].split(", ")
+    return texts if len(texts) == len(values) else list(map(json.dumps, values))
+
+
+def _lines(columns: Mapping[str, list[Any]]) -> list[str]:
+    """Rows given column by column ({field: values}) as NDJSON lines, fields in column order."""
+    line = "{" + ", ".join(json.dumps(k).replace("%", "%%") + ": %s" for k in columns) + "}\n"
+    return list(map(line.__mod__, zip(*map(_json_texts, columns.values()), strict=True)))
+
+
+def _batches(items: list[Any]) -> Iterator[list[Any]]:
+    for lo in range(0, len(items), _BATCH):
+        yield items[lo:lo + _BATCH]
+
+
+def _write(path: Path, tables: Iterable[Iterator[list[str]]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as out:
-        for rec in records:
-            out.write(json.dumps(rec) + "\n")
+        for table in tables:
+            for lines in table:
+                out.writelines(lines)
 
 
-def history_lines(ops: Iterable[Op], origin: float) -> Iterable[dict[str, Any]]:
-    for op in ops:
-        common = {"f": op.f, "op_id": op.op_id, "process": op.process, "key": op.key,
-                  "order_id": op.order_id, "trace_id": op.trace_id}
-        yield {"type": "invoke", **common, "time": op.start - origin, "wall": op.start,
-               "value": None, "error": None}
-        if op.end is None:
-            continue
-        value = {"status": op.status} if op.status is not None else None
-        yield {"type": op.outcome, **common, "time": op.end - origin, "wall": op.end,
-               "value": value, "error": op.error}
+def _table(items: list[Any], columns: Callable[[list[Any]], dict[str, list[Any]]]
+           ) -> Iterator[list[str]]:
+    """The NDJSON lines of `items`, batch by batch; `columns` turns a batch into its columns."""
+    for batch in _batches(items):
+        yield _lines(columns(batch))
+
+
+def _history(ops: list[Op], origin: float) -> Iterator[list[str]]:
+    """Each op as its invoke line, then its completion line (none when it never completed)."""
+    for batch in _batches(ops):
+        common = {"f": [op.f for op in batch], "op_id": [op.op_id for op in batch],
+                  "process": [op.process for op in batch], "key": [op.key for op in batch],
+                  "order_id": [op.order_id for op in batch],
+                  "trace_id": [op.trace_id for op in batch]}
+        nothing = [None] * len(batch)
+        invokes = _lines({"type": ["invoke"] * len(batch), **common,
+                          "time": [op.start - origin for op in batch],
+                          "wall": [op.start for op in batch], "value": nothing,
+                          "error": nothing})
+        ends = [op.end for op in batch]
+        completions = _lines({
+            "type": [op.outcome for op in batch], **common,
+            "time": [None if end is None else end - origin for end in ends], "wall": ends,
+            "value": [None if op.status is None else {"status": op.status} for op in batch],
+            "error": [op.error for op in batch]})
+        yield list(chain.from_iterable(
+            (invoke, "" if end is None else done)
+            for invoke, done, end in zip(invokes, completions, ends, strict=True)))
+
+
+def _ledger_columns(b: list[LedgerEntry], with_refund_id: bool) -> dict[str, list[Any]]:
+    columns: dict[str, list[Any]] = {
+        "type": ["ledger"] * len(b), "seq": [e.seq for e in b], "txn_id": [e.txn_id for e in b],
+        "payment_id": [e.payment_id for e in b],
+        "merchant_order_id": [e.merchant_order_id for e in b], "kind": [e.kind for e in b],
+        "amount": [e.amount for e in b], "status": [e.status for e in b],
+        "t": [e.t for e in b]}
+    if with_refund_id:
+        columns["refund_id"] = [e.refund_id for e in b]
+    return columns
+
+
+def _ledger(entries: list[LedgerEntry]) -> Iterator[list[str]]:
+    """Ledger lines in ledger order; only refunds carry a `refund_id` key."""
+    for with_refund_id, run in groupby(entries, key=lambda e: e.refund_id is not None):
+        yield from _table(list(run), partial(_ledger_columns, with_refund_id=with_refund_id))
 
 
 def write_run(r: Records, run_dir: Path, *, slo: str | None = None) -> Path:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    origin = r.run.started or 0.0
-    _ndjson(run_dir / "history.ndjson", history_lines(r.ops, origin))
-    channel: list[dict[str, Any]] = []
-    channel += [{"type": "payment", "payment_id": p.payment_id,
-                 "merchant_order_id": p.merchant_order_id, "amount": p.amount,
-                 "created_at": p.created_at, "trace_id": p.trace_id} for p in r.payments]
-    for e in r.ledger:
-        entry: dict[str, Any] = {"type": "ledger", "seq": e.seq, "txn_id": e.txn_id,
-                                 "payment_id": e.payment_id,
-                                 "merchant_order_id": e.merchant_order_id, "kind": e.kind,
-                                 "amount": e.amount, "status": e.status, "t": e.t}
-        if e.refund_id is not None:
-            entry["refund_id"] = e.refund_id
-        channel.append(entry)
-    channel += [{"type": "notification", "notify_id": n.notify_id, "payment_id": n.payment_id,
-                 "merchant_order_id": n.merchant_order_id, "txn_id": n.txn_id,
-                 "attempt": n.attempt, "t": n.t, "acked": n.acked,
-                 "status_code": n.status_code, "forged": n.forged, "dropped": n.dropped,
-                 "trace_id": n.trace_id} for n in r.notifications]
-    _ndjson(run_dir / "exports" / "channel.ndjson", channel)
-    order: list[dict[str, Any]] = []
-    order += [{"type": "order", "order_id": o.order_id, "idempotency_key": o.idempotency_key,
-               "sku": o.sku, "qty": o.qty, "amount": o.amount, "status": o.status,
-               "payment_id": o.payment_id, "txn_id": o.txn_id, "created_at": o.created_at,
-               "t_paid": o.t_paid, "t_final": o.t_final, "trace_id": o.trace_id,
-               "flags": o.flags} for o in r.orders]
-    order += [{"type": "transition", "order_id": t.order_id, "from": t.from_state,
-               "to": t.to_state, "t": t.t, "cause": t.cause} for t in r.transitions]
-    order += [{"type": "inbox", "txn_id": i.txn_id, "notify_id": i.notify_id,
-               "order_id": i.order_id, "t": i.t, "outcome": i.outcome} for i in r.inbox]
-    order += [{"type": "receipt", "notify_id": c.notify_id, "txn_id": c.txn_id,
-               "order_id": c.order_id, "outcome": "paid", "t": c.t} for c in r.receipts]
-    order += [{"type": "outbox", "id": o.id, "order_id": o.order_id, "kind": o.kind,
-               "created_at": o.created_at, "delivered_at": o.delivered_at,
-               "attempts": o.attempts} for o in r.outbox]
-    _ndjson(run_dir / "exports" / "order.ndjson", order)
-    inventory: list[dict[str, Any]] = []
-    inventory += [{"type": "stock", "sku": s.sku, "initial": s.initial,
-                   "available": s.available} for s in r.stock]
-    inventory += [{"type": "reservation", "order_id": v.order_id, "sku": v.sku, "qty": v.qty,
-                   "state": v.state, "t_try": v.t_try, "t_end": v.t_end, "ttl": v.ttl,
-                   "cancel_reason": v.cancel_reason} for v in r.reservations]
-    inventory += [{"type": "tombstone", "order_id": t.order_id, "t": t.t} for t in r.tombstones]
-    inventory += [{"type": "event", "order_id": e.order_id, "kind": e.kind, "t": e.t,
-                   "stock_delta": e.stock_delta} for e in r.stock_events]
-    _ndjson(run_dir / "exports" / "inventory.ndjson", inventory)
-    _ndjson(run_dir / "faults.ndjson",
-            [{"event": f.event, "step": f.step, "fault": f.fault, "target": f.target,
-              "params": f.params, "t": f.t, "ok": f.ok, "error": f.error} for f in r.faults])
+    _write(run_dir / "history.ndjson", [_history(r.ops, r.run.started or 0.0)])
+    _write(run_dir / "exports" / "channel.ndjson", [
+        _table(r.payments, lambda b: {
+            "type": ["payment"] * len(b), "payment_id": [p.payment_id for p in b],
+            "merchant_order_id": [p.merchant_order_id for p in b],
+            "amount": [p.amount for p in b], "created_at": [p.created_at for p in b],
+            "trace_id": [p.trace_id for p in b]}),
+        _ledger(r.ledger),
+        _table(r.notifications, lambda b: {
+            "type": ["notification"] * len(b), "notify_id": [n.notify_id for n in b],
+            "payment_id": [n.payment_id for n in b],
+            "merchant_order_id": [n.merchant_order_id for n in b],
+            "txn_id": [n.txn_id for n in b], "attempt": [n.attempt for n in b],
+            "t": [n.t for n in b], "acked": [n.acked for n in b],
+            "status_code": [n.status_code for n in b], "forged": [n.forged for n in b],
+            "dropped": [n.dropped for n in b], "trace_id": [n.trace_id for n in b]}),
+    ])
+    _write(run_dir / "exports" / "order.ndjson", [
+        _table(r.orders, lambda b: {
+            "type": ["order"] * len(b), "order_id": [o.order_id for o in b],
+            "idempotency_key": [o.idempotency_key for o in b], "sku": [o.sku for o in b],
+            "qty": [o.qty for o in b], "amount": [o.amount for o in b],
+            "status": [o.status for o in b], "payment_id": [o.payment_id for o in b],
+            "txn_id": [o.txn_id for o in b], "created_at": [o.created_at for o in b],
+            "t_paid": [o.t_paid for o in b], "t_final": [o.t_final for o in b],
+            "trace_id": [o.trace_id for o in b], "flags": [o.flags for o in b]}),
+        _table(r.transitions, lambda b: {
+            "type": ["transition"] * len(b), "order_id": [t.order_id for t in b],
+            "from": [t.from_state for t in b], "to": [t.to_state for t in b],
+            "t": [t.t for t in b], "cause": [t.cause for t in b]}),
+        _table(r.inbox, lambda b: {
+            "type": ["inbox"] * len(b), "txn_id": [i.txn_id for i in b],
+            "notify_id": [i.notify_id for i in b], "order_id": [i.order_id for i in b],
+            "t": [i.t for i in b], "outcome": [i.outcome for i in b]}),
+        _table(r.receipts, lambda b: {
+            "type": ["receipt"] * len(b), "notify_id": [c.notify_id for c in b],
+            "txn_id": [c.txn_id for c in b], "order_id": [c.order_id for c in b],
+            "outcome": ["paid"] * len(b), "t": [c.t for c in b]}),
+        _table(r.outbox, lambda b: {
+            "type": ["outbox"] * len(b), "id": [o.id for o in b],
+            "order_id": [o.order_id for o in b], "kind": [o.kind for o in b],
+            "created_at": [o.created_at for o in b],
+            "delivered_at": [o.delivered_at for o in b],
+            "attempts": [o.attempts for o in b]}),
+    ])
+    _write(run_dir / "exports" / "inventory.ndjson", [
+        _table(r.stock, lambda b: {
+            "type": ["stock"] * len(b), "sku": [s.sku for s in b],
+            "initial": [s.initial for s in b], "available": [s.available for s in b]}),
+        _table(r.reservations, lambda b: {
+            "type": ["reservation"] * len(b), "order_id": [v.order_id for v in b],
+            "sku": [v.sku for v in b], "qty": [v.qty for v in b],
+            "state": [v.state for v in b], "t_try": [v.t_try for v in b],
+            "t_end": [v.t_end for v in b], "ttl": [v.ttl for v in b],
+            "cancel_reason": [v.cancel_reason for v in b]}),
+        _table(r.tombstones, lambda b: {
+            "type": ["tombstone"] * len(b), "order_id": [t.order_id for t in b],
+            "t": [t.t for t in b]}),
+        _table(r.stock_events, lambda b: {
+            "type": ["event"] * len(b), "order_id": [e.order_id for e in b],
+            "kind": [e.kind for e in b], "t": [e.t for e in b],
+            "stock_delta": [e.stock_delta for e in b]}),
+    ])
+    _write(run_dir / "faults.ndjson", [_table(r.faults, lambda b: {
+        "event": [f.event for f in b], "step": [f.step for f in b],
+        "fault": [f.fault for f in b], "target": [f.target for f in b],
+        "params": [f.params for f in b], "t": [f.t for f in b], "ok": [f.ok for f in b],
+        "error": [f.error for f in b]})])
     run = r.run
     (run_dir / "scenario.yaml").write_text(yaml.safe_dump(
         {"name": run.scenario, "duration": run.duration, "settle": run.settle}))

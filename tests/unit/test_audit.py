@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from slos import checkers
+from slos import records as records_module
 from slos.audit import audit
 from slos.checkers import CHECKERS, INFO_CLASSES, Facts
 from slos.records import (
@@ -17,11 +19,13 @@ from slos.records import (
     Order,
     OutboxEntry,
     Records,
+    RecordsError,
     StockEvent,
     Tombstone,
     Transition,
+    load_run,
 )
-from slos.synthetic import T0, clean_run
+from slos.synthetic import T0, clean_run, write_run
 
 
 def run(records: Records, cls: str) -> checkers.CheckResult:
@@ -377,3 +381,176 @@ def test_lost_acknowledgement_is_unknown_without_any_receipts() -> None:
     records = clean_run(5)
     records.receipts = []  # an order export that predates receipts cannot be judged
     assert run(records, "P13").verdict == "unknown"
+
+
+# --- the fast paths agree with the general ones ------------------------------------------------
+
+
+def test_earliest_pay_and_poll_count_when_an_order_has_several() -> None:
+    records = clean_run(3)
+    pay, poll = op_of(records, "pay", "o-1"), op_of(records, "poll", "o-1")
+    assert pay.end is not None and poll.end is not None
+    records.ops.append(Op("pay", "b-again", "w:2", "k-1", "o-1", pay.start - 1, pay.end - 0.5,
+                          0.01, "ok", None, "SUCCEEDED", None))  # an earlier ack of the same pay
+    records.ops.append(Op("poll", "c-late", "w:2", "k-1", "o-1", poll.start + 5, poll.end + 5,
+                          0.01, "ok", None, "PAID", None))  # a later poll changes nothing
+    waits = run(records, "P11'").stats
+    assert waits["count"] == 3
+    assert waits["max"] == pytest.approx(poll.end - (pay.end - 0.5))
+
+
+def test_a_payment_charged_twice_counts_once() -> None:
+    records = clean_run(4)
+    e = charge(records, "o-2")
+    records.ledger.append(LedgerEntry(77, "x-2b", e.payment_id, "o-2", "charge", e.amount,
+                                      "succeeded", e.t + 1))
+    for cls in ("P2", "P6", "P7", "P8", "P10", "I5"):
+        assert run(records, cls).count == 0, cls
+    assert Facts(records).charges["o-2"] == (e,)
+
+
+def test_reserved_quantities_other_than_one_are_summed() -> None:
+    records = clean_run(4)
+    records.reservations[0].qty = 3
+    assert found(records, "I2") == ["sku-0"]
+    records.stock[0].available -= 2
+    assert run(records, "I2").count == 0
+    assert Facts(records).reserved["CONFIRMED"]["sku-0"] == 3
+
+
+def test_payment_lag_with_a_repeated_order_row_and_a_refund() -> None:
+    records = clean_run(4)
+    records.orders.append(order(records, "o-1"))  # the same order exported twice
+    assert run(records, "P11").stats["count"] == 5
+    e = charge(records, "o-2")
+    records.ledger.append(LedgerEntry(90, e.txn_id, e.payment_id, "o-2", "refund", e.amount,
+                                      "succeeded", e.t + 1, "rf-x"))
+    assert run(records, "P11").stats["count"] == 4  # o-2 no longer has a live charge
+
+
+def test_duplicate_notifications_without_txn_ids_are_counted_by_pair() -> None:
+    records = clean_run(3)
+    for n in records.notifications:
+        n.txn_id = None
+    assert run(records, "P9'").count == 0
+    first = records.notifications[0]
+    records.notifications.append(Notification(first.notify_id, None, first.merchant_order_id,
+                                              None, 2, first.t + 1, True, 200, False, False,
+                                              None))
+    assert run(records, "P9'").count == 1
+
+
+def test_paid_order_with_another_orders_charge_txn_is_not_forged() -> None:
+    records = clean_run(3)
+    order(records, "o-1").txn_id = "x-2"  # odd, but x-2 is a real charge: not P12's business
+    assert run(records, "P12").count == 0
+
+
+# --- loading run directories ---------------------------------------------------------------
+
+
+def _same_records(loaded: Records, expected: Records) -> None:
+    for name in ("payments", "ledger", "notifications", "orders", "transitions", "inbox",
+                 "receipts", "outbox", "stock", "reservations", "stock_events", "faults"):
+        assert getattr(loaded, name) == getattr(expected, name), name
+    assert len(loaded.ops) == len(expected.ops)
+    by_id = {op.op_id: op for op in loaded.ops}  # unfinished ops come last once loaded
+    for want in expected.ops:
+        got = by_id[want.op_id]
+        assert (got.f, got.op_id, got.key, got.order_id, got.outcome, got.status, got.error) == (
+            want.f, want.op_id, want.key, want.order_id, want.outcome, want.status, want.error)
+        assert got.start == want.start
+        assert got.end == pytest.approx(want.end) and got.latency == pytest.approx(want.latency)
+
+
+def _varied_run() -> Records:
+    records = clean_run(40, faults=[(5, 2, "latency", "order_channel")])
+    records.faults[0].params = {"latency": 0.2, "jitter": 0.05}
+    e = charge(records, "o-3")
+    records.ledger.append(LedgerEntry(50, e.txn_id, e.payment_id, "o-3", "refund", e.amount,
+                                      "succeeded", e.t + 1, "rf-x-3"))
+    order(records, "o-4").flags = ["unfunded", "bill_x"]
+    pay = op_of(records, "pay", "o-5")
+    pay.outcome, pay.end, pay.latency, pay.status = "info", None, None, None
+    op_of(records, "poll", "o-6").error = "timeout, retried"
+    records.tombstones.append(Tombstone("o-7", T0 + 1))
+    return records
+
+
+def test_loaded_run_equals_the_written_records(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(records_module, "CHUNK_BYTES", 4096)  # many chunks, and their seams
+    records = _varied_run()
+    loaded = load_run(write_run(records, tmp_path / "run"))
+    _same_records(loaded, records)
+    assert audit(loaded).to_dict()["checks"] == audit(records).to_dict()["checks"]
+
+
+def test_loaded_strings_are_shared_between_records(tmp_path: Path) -> None:
+    loaded = load_run(write_run(clean_run(5), tmp_path / "run"))
+    first = loaded.orders[0]
+    assert first.order_id is loaded.transitions[0].order_id is loaded.ops[0].order_id
+    assert first.status is loaded.orders[1].status
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines(keepends=True)
+
+
+@pytest.mark.parametrize("chunk_bytes", [4096, 1 << 20])
+def test_blank_lines_and_a_torn_last_line_are_skipped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk_bytes: int) -> None:
+    monkeypatch.setattr(records_module, "CHUNK_BYTES", chunk_bytes)
+    records = _varied_run()
+    run_dir = write_run(records, tmp_path / "run")
+    history = run_dir / "history.ndjson"
+    lines = _lines(history)
+    lines.insert(37, "\n")
+    lines.insert(3, "   \n")
+    history.write_text("".join(lines) + '{"type": "invoke", "f": "pay", "op_')  # writer killed
+    _same_records(load_run(run_dir), records)
+
+
+@pytest.mark.parametrize(("bad", "error"), [
+    ('{"type": "ledger", "t": 1.0\n', "not valid JSON"),
+    ('{"type": "payment", "payment_id": "p"}, {"type": "payment"}\n', "not valid JSON"),
+    ("[1, 2]\n", "not a JSON object"),
+    ('{"type": "ledger", "merchant_order_id": "o-1", "kind": "charge", "t": "soon"}\n',
+     "bad record"),
+    ('{"type": "payment", "payment_id": "p-x", "amount": 5}\n', "bad record"),
+])
+@pytest.mark.parametrize("chunk_bytes", [4096, 1 << 20])
+def test_a_bad_line_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bad: str,
+                             error: str, chunk_bytes: int) -> None:
+    monkeypatch.setattr(records_module, "CHUNK_BYTES", chunk_bytes)
+    run_dir = write_run(clean_run(40), tmp_path / "run")
+    channel = run_dir / "exports" / "channel.ndjson"
+    lines = _lines(channel)
+    lines.insert(70, bad)
+    channel.write_text("".join(lines))
+    with pytest.raises(RecordsError, match=rf"channel.ndjson:71: {error}"):
+        load_run(run_dir)
+
+
+def test_a_bad_history_line_is_named(tmp_path: Path) -> None:
+    run_dir = write_run(clean_run(10), tmp_path / "run")
+    history = run_dir / "history.ndjson"
+    lines = _lines(history)
+    lines[11] = lines[11].replace('"time": ', '"time": "x", "was": ')  # a completion
+    history.write_text("".join(lines))
+    with pytest.raises(RecordsError, match=r"history.ndjson:12: history record .* bad"):
+        load_run(run_dir)
+
+
+def test_values_of_other_json_types_are_converted_as_one_by_one(tmp_path: Path) -> None:
+    run_dir = write_run(clean_run(3), tmp_path / "run")
+    order_path = run_dir / "exports" / "order.ndjson"
+    lines = _lines(order_path)
+    lines[0] = (lines[0].replace('"qty": 1', '"qty": "2"')
+                .replace('"t_paid": ', '"t_paid": null, "x": '))
+    lines[1] = (lines[1].replace('"amount": 1000', '"amount": 999.0')
+                .replace('"sku": "sku-1"', '"sku": ""'))
+    order_path.write_text("".join(lines))
+    loaded = load_run(run_dir)
+    assert (loaded.orders[0].qty, loaded.orders[0].t_paid) == (2, None)
+    assert (loaded.orders[1].amount, loaded.orders[1].sku) == (999, None)
