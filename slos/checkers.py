@@ -23,6 +23,8 @@ from typing import Any, cast
 from slos.records import INFO, OK, LedgerEntry, Notification, Op, Order, Records
 
 VALID, INVALID, UNKNOWN, INFO_VERDICT = "valid", "invalid", "unknown", "info"
+# a pay issued after the shopper saw the order CLOSED is still a pay attempt
+PAY_ALIASES = {"late_pay": "pay"}
 MAX_EXAMPLES = 10
 PAID_STATES = frozenset({"PAID", "FULFILLED", "COMPLETED"})
 FINAL_STATES = frozenset({"PAID", "REJECTED", "CLOSED", "FULFILLED", "COMPLETED"})
@@ -167,7 +169,7 @@ class Facts:
     def ops_by_f(self) -> dict[str, list[Op]]:
         by_f: dict[str, list[Op]] = defaultdict(list)
         for op in self.records.ops:
-            by_f[op.f].append(op)
+            by_f[PAY_ALIASES.get(op.f, op.f)].append(op)
         return dict(by_f)
 
     def ops_of(self, f: str) -> list[Op]:
@@ -297,6 +299,12 @@ class Facts:
         return set(self.charges) if single is None else single.paid
 
     @cached_property
+    def refunded_late(self) -> set[str]:
+        """Orders paid after they closed whose money is back (order refunded it, ledger agrees)."""
+        late = {r.order_id for r in self.records.order_refunds if r.reason == "paid_after_close"}
+        return late - self.paid_ledger if late else late
+
+    @cached_property
     def charge_txns(self) -> set[str]:
         return {e.txn_id for e in self._succeeded_charges if e.txn_id is not None}
 
@@ -404,15 +412,17 @@ def _status(f: Facts, k: str) -> str:
 
 
 def lost_acknowledged_payment(f: Facts) -> CheckResult:
-    """P1: the shopper was told paid, the order database does not have it paid."""
-    bad = f.ok("pay") - f.paid_db
+    """P1: the shopper was told paid, the order database does not have it paid.
+
+    A payment that landed after the order closed and was refunded is not lost (P14)."""
+    bad = f.ok("pay") - f.paid_db - f.refunded_late
     return _found(f, "P1", "lost acknowledged payment", bad,
                   lambda k: f"pay ok in history, order status {_status(f, k)}")
 
 
 def false_success(f: Facts) -> CheckResult:
     """P2: the shopper was told paid, the channel has no live charge."""
-    bad = f.ok("pay") - f.paid_ledger
+    bad = f.ok("pay") - f.paid_ledger - f.refunded_late
     return _found(f, "P2", "false success", bad,
                   lambda k: "pay ok in history, no live charge in the channel ledger")
 
@@ -422,6 +432,13 @@ def failed_but_charged(f: Facts) -> CheckResult:
     bad = f.failed("pay") & f.paid_ledger
     return _found(f, "P3", "failed but charged", bad,
                   lambda k: "pay failed in history, charged in the channel ledger")
+
+
+def refunded_late_payment(f: Facts) -> CheckResult:
+    """P14: paid after the order closed, and the money went back (the designed repair)."""
+    seen = f.ok("pay") & f.refunded_late
+    return _found(f, "P14", "late payment refunded", seen,
+                  lambda k: "paid after the order closed; refunded", verdict=INFO_VERDICT)
 
 
 def unexpected_payment(f: Facts) -> CheckResult:
@@ -807,6 +824,7 @@ CHECKERS: dict[str, tuple[str, Checker]] = {
     "P11'": ("shopper confirmation time", confirmation_time),
     "P12": ("forged accepted", forged_accepted),
     "P13": ("lost acknowledgement", lost_acknowledgement),
+    "P14": ("late payment refunded", refunded_late_payment),
     "O1": ("lost order", lost_order),
     "O2": ("duplicate order", duplicate_order),
     "O3": ("stuck order", stuck_order),
@@ -817,4 +835,4 @@ CHECKERS: dict[str, tuple[str, Checker]] = {
     "I5": ("sold unpaid / paid but released", sold_unpaid),
     "Q1": ("outbox lost", outbox_lost),
 }
-INFO_CLASSES = frozenset({"P5", "P9'", "P11", "P11'"})
+INFO_CLASSES = frozenset({"P5", "P9'", "P11", "P11'", "P14"})

@@ -151,6 +151,7 @@ class OrderRefund:
     txn_id: str | None
     amount: int
     t: float
+    reason: str | None = None  # paid_after_close | duplicate_charge
 
 
 @dataclass(slots=True)
@@ -496,7 +497,7 @@ _ORDER = {
         _or("attempts", _INT, 0))),
     "refund": _Schema(OrderRefund, "order_refunds", (
         _req("order_id", _STR), _req("refund_id", _STR), _opt("txn_id", _OPT_STR),
-        _or("amount", _INT, 0), _req("t", _FLOAT))),
+        _or("amount", _INT, 0), _req("t", _FLOAT), _opt("reason", _OPT_STR))),
 }
 _INVENTORY = {
     "stock": _Schema(Stock, "stock", (_req("sku", _STR), _req("initial", _INT),

@@ -17,6 +17,7 @@ from slos.records import (
     Notification,
     Op,
     Order,
+    OrderRefund,
     OutboxEntry,
     Records,
     RecordsError,
@@ -554,3 +555,48 @@ def test_values_of_other_json_types_are_converted_as_one_by_one(tmp_path: Path) 
     loaded = load_run(run_dir)
     assert (loaded.orders[0].qty, loaded.orders[0].t_paid) == (2, None)
     assert (loaded.orders[1].amount, loaded.orders[1].sku) == (999, None)
+
+
+def _pay_after_close(r: Records, order_id: str, *, refunded: bool) -> None:
+    """The shopper's pay landed after the order timed out; the service refunds it."""
+    o = order(r, order_id)
+    o.status, o.t_paid = "CLOSED", None
+    r.transitions = [
+        t for t in r.transitions if not (t.order_id == order_id and t.to_state == "PAID")
+    ]
+    r.transitions.append(Transition(order_id, "AWAITING_PAYMENT", "CLOSED", T0 + 1, "close"))
+    r.outbox = [b for b in r.outbox if b.order_id != order_id]
+    for res in r.reservations:
+        if res.order_id == order_id:
+            res.state = "CANCELLED"
+    for s in r.stock:
+        if s.sku == o.sku:
+            s.available += o.qty
+    c = charge(r, order_id)
+    r.order_refunds.append(OrderRefund(order_id, f"rf-{c.txn_id}", c.txn_id, c.amount, T0 + 9,
+                                       "paid_after_close"))
+    if refunded:
+        r.ledger.append(LedgerEntry(len(r.ledger) + 1, c.txn_id, c.payment_id, order_id,
+                                    "refund", c.amount, "succeeded", T0 + 9, f"rf-{c.txn_id}"))
+
+
+def test_a_late_payment_that_was_refunded_is_not_lost() -> None:
+    records = clean_run(5)
+    _pay_after_close(records, "o-2", refunded=True)
+    assert run(records, "P1").count == 0 and run(records, "P2").count == 0
+    assert found(records, "P14") == ["o-2"] and run(records, "P14").verdict == "info"
+    assert run(records, "P6").count == 0
+
+
+def test_a_late_payment_never_refunded_is_an_orphan_charge() -> None:
+    records = clean_run(5)
+    _pay_after_close(records, "o-2", refunded=False)
+    assert found(records, "P6") == ["o-2"]
+    assert found(records, "P1") == ["o-2"]  # the shopper was told paid; nothing made it right
+    assert run(records, "P14").count == 0
+
+
+def test_a_late_pay_op_counts_as_a_pay_attempt() -> None:
+    records = clean_run(5)
+    op_of(records, "pay", "o-1").f = "late_pay"
+    assert run(records, "P4").count == 0
