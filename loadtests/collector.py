@@ -101,7 +101,9 @@ class ClientMetrics:
             ["op"],
             registry=self.registry,
         )
-        start_http_server(port, addr="127.0.0.1", registry=self.registry)
+        # loopback by default; a container sets CHAOSBED_LOAD_METRICS_HOST=0.0.0.0
+        host = os.environ.get("CHAOSBED_LOAD_METRICS_HOST", "127.0.0.1")
+        start_http_server(port, addr=host, registry=self.registry)
 
     def observe(self, record: Record, latency_s: float | None) -> None:
         self.requests.labels(op=record["f"], outcome=record["type"]).inc()

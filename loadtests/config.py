@@ -7,7 +7,8 @@ Environment (all optional, so plain `locust -f loadtests/locustfile.py --host UR
 - `CHAOSBED_CHANNEL_URL`: the channel as the shopper sees it (overrides stack.json).
 - `CHAOSBED_NOTIFY_SECRET`: lets forgers sign stale / replayed notifications with the real key.
 - `CHAOSBED_HISTORY`, `CHAOSBED_PROGRESS`: files the master writes (none when unset).
-- `CHAOSBED_LOAD_METRICS_PORT`: serve client-side Prometheus metrics on 127.0.0.1:PORT.
+- `CHAOSBED_LOAD_METRICS_PORT`: serve client-side Prometheus metrics on PORT, bound to
+  `CHAOSBED_LOAD_METRICS_HOST` (default 127.0.0.1).
 - `CHAOSBED_REQUEST_TIMEOUT_S`: per-request network timeout of the simulated clients.
 """
 

@@ -72,7 +72,7 @@ def _listening_ports() -> dict[str, set[int]]:
     ports["jaeger"] = _endpoint_ports(yaml.safe_load((ROOT / "deploy" / "jaeger.yaml").read_text()))
     ports["prometheus"] = {9090}
     ports["grafana"] = {3000}
-    ports["locust-master"] = {8089, 5557}
+    ports["locust-master"] = {8089, 5557, int(_env("locust-master")["CHAOSBED_LOAD_METRICS_PORT"])}
     return ports
 
 
