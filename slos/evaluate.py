@@ -339,8 +339,12 @@ class Evaluator:
     # tiers
 
     def evaluate(self, o: Objective) -> ObjectiveResult:
-        need = o.min_samples if o.min_samples is not None else (
-            1 if o.sli == "recovery_time" else self.slo.min_samples)
+        need = o.min_samples if o.min_samples is not None else self.slo.min_samples
+        no_faults = o.sli == "recovery_time" and not self.records.faults
+        if o.sli == "recovery_time" and o.min_samples is None:
+            # one heal is enough evidence; a run with no fault at all has nothing to recover
+            # from (a fault that failed to apply is still a fault event: unknown, not a pass)
+            need = 0 if no_faults else 1
         threshold = o.threshold
         base = ObjectiveResult(
             name=o.name, sli=o.sli, op=o.op, phase=o.phase, key=o.key, objective=o.pass_,
@@ -363,7 +367,8 @@ class Evaluator:
             base.reason = f"only {m.samples} sample(s), the file needs {need}"
         elif m.samples == 0 and need == 0:
             base.tier = PASS
-            notes.insert(0, "no samples, and the objective allows none (min_samples: 0)")
+            notes.insert(0, "no fault in this run: nothing to recover from" if no_faults
+                         else "no samples, and the objective allows none (min_samples: 0)")
         elif measured is None:
             base.reason = "nothing to measure"
         elif threshold.holds(measured):

@@ -9,7 +9,7 @@ import pytest
 from slos.audit import audit
 from slos.evaluate import Evaluator, ObjectiveResult, fault_windows
 from slos.model import SloFile
-from slos.records import Records
+from slos.records import FaultEvent, Records
 from slos.synthetic import T0, clean_run
 
 FAULT_AT, FAULT_FOR = 20.0, 10.0  # seconds after T0
@@ -116,10 +116,18 @@ def test_recovery_phase_covers_ops_until_success_is_back() -> None:
 
 
 def test_no_heal_means_no_recovery_sample() -> None:
-    result = one(clean_run(50), sli="recovery_time", **{"pass": "max < 10s"})
+    records = clean_run(50)
+    records.faults.append(FaultEvent("apply", 0, "latency", "order_channel", T0 + 5, False,
+                                     error="toxiproxy refused"))  # applied, never healed
+    result = one(records, sli="recovery_time", **{"pass": "max < 10s"})
     assert result.tier == "unknown"
-    allowed = one(clean_run(50), sli="recovery_time", min_samples=0, **{"pass": "max < 10s"})
+    allowed = one(records, sli="recovery_time", min_samples=0, **{"pass": "max < 10s"})
     assert allowed.tier == "pass"
+
+
+def test_a_run_without_faults_has_nothing_to_recover_from() -> None:
+    result = one(clean_run(50), sli="recovery_time", **{"pass": "max < 10s"})
+    assert result.tier == "pass" and "no fault in this run" in result.reason
 
 
 def test_throughput_payment_lag_and_confirmation() -> None:
