@@ -99,6 +99,22 @@ def set_knobs(stack: Stack, **knobs: Any) -> dict[str, Any]:
     return dict(response.json())
 
 
+def pay_after_close(stack: Stack, order: dict[str, Any], wait_until: Any) -> None:
+    """Let the unpaid order time out, then have the channel take its payment anyway."""
+    wait_until(
+        lambda: orders_by_id(stack)[order["order_id"]]["status"] == "CLOSED",
+        timeout_s=20,
+        what="the unpaid order to be closed",
+    )
+    set_knobs(stack, accept_pay_after_close=True)
+
+    async def pay() -> None:
+        async with Shopper(stack) as shopper:
+            await shopper.pay_ok(order["payment_id"])
+
+    asyncio.run(pay())
+
+
 def of_type(records: Iterable[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [r for r in records if r.get("type") == kind]
 

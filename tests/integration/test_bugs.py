@@ -22,6 +22,7 @@ from tests.integration.shop import (
     new_key,
     of_type,
     orders_by_id,
+    pay_after_close,
     refunds_by_order,
     set_knobs,
     signed_notification,
@@ -170,18 +171,7 @@ def test_no_refund_on_late_pay_keeps_the_money(start_stack: Any, wait_until: Any
     stack = bug_stack(start_stack, "no-refund-on-late-pay")
     order = _place(stack, amount=999)
     order_id = order["order_id"]
-    wait_until(
-        lambda: orders_by_id(stack)[order_id]["status"] == "CLOSED",
-        timeout_s=20,
-        what="the unpaid order to close",
-    )
-    set_knobs(stack, accept_pay_after_close=True)
-
-    async def pay() -> None:
-        async with Shopper(stack) as shopper:
-            await shopper.pay_ok(order["payment_id"])
-
-    asyncio.run(pay())
+    pay_after_close(stack, order, wait_until)
 
     def noticed() -> bool:
         return any(i["order_id"] == order_id for i in of_type(stack.export("order"), "inbox"))

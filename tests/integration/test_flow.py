@@ -22,6 +22,7 @@ from tests.integration.shop import (
     new_key,
     of_type,
     orders_by_id,
+    pay_after_close,
     refunds_by_order,
     set_knobs,
     signed_notification,
@@ -189,18 +190,7 @@ def test_payment_after_close_is_refunded(stack: Stack, wait_until: Any) -> None:
             return await shopper.place_ok(new_key("late"), sku="late", amount=4242)
 
     order = asyncio.run(place())
-    wait_until(
-        lambda: orders_by_id(stack)[order["order_id"]]["status"] == "CLOSED",
-        timeout_s=20,
-        what="the unpaid order to be closed",
-    )
-    set_knobs(stack, accept_pay_after_close=True)
-
-    async def pay() -> None:
-        async with Shopper(stack) as shopper:
-            await shopper.pay_ok(order["payment_id"])
-
-    asyncio.run(pay())
+    pay_after_close(stack, order, wait_until)
     wait_until(
         lambda: refunds_by_order(stack.export("channel"))[order["order_id"]] == 1,
         timeout_s=20,
