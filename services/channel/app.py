@@ -11,7 +11,6 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Literal
 
 from fastapi import Body, Depends, FastAPI, Path, Query, Request, Response
-from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -19,7 +18,7 @@ from starlette.routing import Match
 
 from services.channel import domain
 from services.channel.behaviour import Behaviour, Knobs, KnobsUpdate
-from services.channel.domain import Channel, ChannelError, PaymentStatus, PaymentView
+from services.channel.domain import Channel, PaymentStatus, PaymentView
 from services.channel.fields import ID_PATTERN, MAX_SQLITE_INT, Amount, Id
 from services.channel.store import ChannelStore
 from services.channel.workers import Notifier, http_sender
@@ -96,18 +95,6 @@ class BillsOut(BaseModel):
     next_cursor: int
 
 
-_STATUS: dict[type[ChannelError], int] = {
-    domain.UnknownPayment: 404,
-    domain.PaymentDeclined: 402,
-    domain.AmountMismatch: 409,
-    domain.PaymentClosed: 409,
-    domain.AlreadyPaid: 409,
-    domain.NotPaid: 409,
-    domain.RefundExceedsCharge: 409,
-    domain.RefundConflict: 409,
-}
-
-
 def _payment_out(view: PaymentView) -> PaymentOut:
     return PaymentOut(
         payment_id=view.payment_id,
@@ -180,11 +167,6 @@ def create_app(settings: Settings) -> FastAPI:
     admin = Depends(admin_guard(settings))
 
     _allow_every_method_of_a_path(app)
-
-    @app.exception_handler(ChannelError)
-    async def _channel_error(_: Request, exc: ChannelError) -> JSONResponse:
-        body = {"error": exc.code, "detail": str(exc)}
-        return JSONResponse(body, status_code=_STATUS.get(type(exc), 409))
 
     # Handlers are `async def` on purpose: the store's single connection belongs to the
     # event-loop thread (see services/common/storage.py).

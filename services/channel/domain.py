@@ -16,46 +16,56 @@ from services.channel import metrics
 from services.channel.behaviour import Behaviour
 from services.channel.store import ChannelStore, LedgerEvent, Payment
 from services.common import storage
+from services.common.api import DomainError
 
 PaymentStatus = Literal["PENDING", "SUCCEEDED", "CLOSED", "REFUNDED"]
 
 
-class ChannelError(Exception):
+class ChannelError(DomainError):
     """A request the channel refuses; `code` is the contract's error code."""
 
     code = "channel_error"
+    status = 409
 
 
 class UnknownPayment(ChannelError):
     code = "unknown_payment"
+    status = 404
 
 
 class AmountMismatch(ChannelError):
     code = "amount_mismatch"
+    status = 409
 
 
 class PaymentDeclined(ChannelError):
     code = "payment_declined"
+    status = 402
 
 
 class PaymentClosed(ChannelError):
     code = "payment_closed"
+    status = 409
 
 
 class AlreadyPaid(ChannelError):
     code = "already_paid"
+    status = 409
 
 
 class NotPaid(ChannelError):
     code = "not_paid"
+    status = 409
 
 
 class RefundExceedsCharge(ChannelError):
     code = "refund_exceeds_charge"
+    status = 409
 
 
 class RefundConflict(ChannelError):
     code = "refund_conflict"
+    status = 409
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """What every service's HTTP surface shares: errors, body limits, admin auth, exports.
 
-Routes stay thin: they parse, call the domain, and map domain errors to responses
-through `ApiError`.  Every error body is `{"error": <code>, "detail": <message>, ...}`.
+Routes stay thin: they parse and call the domain; a domain refusal is a `DomainError`
+subclass that declares its `code` and `status`, and the one handler `install_errors` adds
+answers it.  Every error body is `{"error": <code>, "detail": <message>, ...}`.
 """
 
 from __future__ import annotations
@@ -48,18 +49,37 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return out
 
 
-class ApiError(Exception):
-    """An error with an HTTP status and a JSON body that says what is wrong."""
+class DomainError(Exception):
+    """A refusal answered as `status` with `{"error": code, "detail": message, **extra}`.
 
-    def __init__(self, status: int, error: str, detail: str, **extra: Any) -> None:
+    Subclasses declare `code` and `status` as class attributes; a subclass that declares
+    neither answers its parent's, so a new error is never a 500.  An instance may override
+    both (the order service's notification refusals carry their code per instance).
+    """
+
+    code: str = "refused"
+    status: int = 400
+    # seconds a client should wait before retrying, sent as Retry-After
+    retry_after_s: int | None = None
+
+    def __init__(
+        self, detail: str, *, code: str | None = None, status: int | None = None, **extra: Any
+    ) -> None:
         super().__init__(detail)
-        self.status = status
-        self.error = error
         self.detail = detail
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
         self.extra = extra
 
     def body(self) -> dict[str, Any]:
-        return {"error": self.error, "detail": self.detail, **self.extra}
+        return {"error": self.code, "detail": self.detail, **self.extra}
+
+
+class AdminUnauthorized(DomainError):
+    code = "unauthorized"
+    status = 401
 
 
 def _validation_body(exc: RequestValidationError) -> dict[str, Any]:
@@ -126,9 +146,13 @@ async def _send_json(send: Send, status: int, body: Mapping[str, Any]) -> None:
 
 
 def install_errors(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
+    """The JSON error handlers `base_app` installs: domain refusals, invalid requests, the rest."""
+
+    # Starlette finds this handler for every subclass by walking the exception's MRO
+    @app.exception_handler(DomainError)
+    async def _domain_error(_: Request, exc: DomainError) -> JSONResponse:
+        headers = None if exc.retry_after_s is None else {"Retry-After": str(exc.retry_after_s)}
+        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -152,10 +176,8 @@ def admin_guard(settings: Settings) -> Callable[[Request], Awaitable[None]]:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token, settings.admin_token):
-            raise ApiError(
-                401,
-                "unauthorized",
-                "admin endpoints need 'Authorization: Bearer <token>' from stack.json",
+            raise AdminUnauthorized(
+                "admin endpoints need 'Authorization: Bearer <token>' from stack.json"
             )
 
     return require_admin

@@ -16,7 +16,7 @@ from fastapi import Depends, FastAPI, Path
 from fastapi.responses import Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, StringConstraints
 
-from services.common.api import ApiError, admin_guard, error_responses, ndjson
+from services.common.api import admin_guard, error_responses, ndjson
 from services.common.server import base_app
 from services.common.settings import Settings
 from services.inventory import domain, metrics, workers
@@ -36,21 +36,6 @@ Id = Annotated[str, StringConstraints(pattern=ID_PATTERN, min_length=1, max_leng
 Qty = Annotated[int, Strict(False), Field(ge=1, le=MAX_QTY), BeforeValidator(_json_integer)]
 StockQty = Annotated[int, Strict(False), Field(ge=0, le=MAX_STOCK), BeforeValidator(_json_integer)]
 PathId = Annotated[str, Path(pattern=ID_PATTERN, min_length=1, max_length=128)]
-
-_ERRORS: dict[type[domain.InventoryError], tuple[int, str]] = {
-    domain.UnknownSku: (404, "unknown_sku"),
-    domain.UnknownReservation: (404, "unknown_reservation"),
-    domain.OutOfStock: (409, "out_of_stock"),
-    domain.ReservationCancelled: (409, "reservation_cancelled"),
-    domain.ReservationConflict: (409, "reservation_conflict"),
-    domain.ReservationConfirmed: (409, "reservation_confirmed"),
-    domain.StockInUse: (409, "stock_in_use"),
-}
-
-
-def _api_error(exc: domain.InventoryError) -> ApiError:
-    status, code = _ERRORS[type(exc)]
-    return ApiError(status, code, str(exc))
 
 
 class _Strict(BaseModel):
@@ -152,17 +137,12 @@ def create_app(settings: Settings, *, seed_stock: Mapping[str, int] | None = Non
     async def reserve(body: ReserveRequest) -> ReservationOut:
         """TCC try, idempotent by order id."""
         ttl_s = body.ttl_s if body.ttl_s is not None else settings.reservation_ttl_s
-        try:
-            if check_then_act:
-                reservation = await domain.try_reserve_check_then_act(
-                    store, body.order_id, body.sku, body.qty, ttl_s=ttl_s
-                )
-            else:
-                reservation = domain.try_reserve(
-                    store, body.order_id, body.sku, body.qty, ttl_s=ttl_s
-                )
-        except domain.InventoryError as exc:
-            raise _api_error(exc) from exc
+        if check_then_act:
+            reservation = await domain.try_reserve_check_then_act(
+                store, body.order_id, body.sku, body.qty, ttl_s=ttl_s
+            )
+        else:
+            reservation = domain.try_reserve(store, body.order_id, body.sku, body.qty, ttl_s=ttl_s)
         return ReservationOut.of(reservation)
 
     @app.post(
@@ -173,10 +153,7 @@ def create_app(settings: Settings, *, seed_stock: Mapping[str, int] | None = Non
     )
     async def confirm(order_id: PathId) -> ReservationOut:
         """TCC confirm, idempotent."""
-        try:
-            return ReservationOut.of(domain.confirm(store, order_id))
-        except domain.InventoryError as exc:
-            raise _api_error(exc) from exc
+        return ReservationOut.of(domain.confirm(store, order_id))
 
     @app.post(
         "/reservations/{order_id}/cancel",
@@ -186,10 +163,7 @@ def create_app(settings: Settings, *, seed_stock: Mapping[str, int] | None = Non
     )
     async def cancel(order_id: PathId) -> CancelOut:
         """TCC cancel, idempotent; before any try it leaves a tombstone (empty rollback)."""
-        try:
-            outcome = domain.cancel(store, order_id)
-        except domain.InventoryError as exc:
-            raise _api_error(exc) from exc
+        outcome = domain.cancel(store, order_id)
         return CancelOut(
             order_id=outcome.order_id, state=outcome.state, empty_rollback=outcome.empty_rollback
         )
@@ -203,7 +177,7 @@ def create_app(settings: Settings, *, seed_stock: Mapping[str, int] | None = Non
     async def get_reservation(order_id: PathId) -> ReservationOut:
         reservation = store.reservation(order_id)
         if reservation is None:
-            raise _api_error(domain.UnknownReservation(order_id))
+            raise domain.UnknownReservation(order_id)
         return ReservationOut.of(reservation)
 
     @app.get("/stock", response_model=StockListOut, tags=["stock"])
@@ -216,7 +190,7 @@ def create_app(settings: Settings, *, seed_stock: Mapping[str, int] | None = Non
     async def get_stock(sku: PathId) -> StockOut:
         stock = store.stock(sku)
         if stock is None:
-            raise _api_error(domain.UnknownSku(sku))
+            raise domain.UnknownSku(sku)
         return StockOut.of(stock)
 
     @app.put(
@@ -228,10 +202,7 @@ def create_app(settings: Settings, *, seed_stock: Mapping[str, int] | None = Non
     )
     async def put_stock(body: StockRequest) -> StockListOut:
         """Set initial = available = qty for skus with no reservations (repeated sku: last wins)."""
-        try:
-            seeded = domain.seed_stock(store, {item.sku: item.qty for item in body.items})
-        except domain.InventoryError as exc:
-            raise _api_error(exc) from exc
+        seeded = domain.seed_stock(store, {item.sku: item.qty for item in body.items})
         return StockListOut(items=[StockOut.of(s) for s in seeded])
 
     @app.get(

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from services.common import storage
+from services.common.api import DomainError
 from services.inventory.store import EventKind, InventoryStore, Reservation, State, Stock
 
 ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
@@ -26,33 +27,51 @@ SWEEP_BATCH = 500
 CHECK_THEN_ACT_GAP_S = 0.01
 
 
-class InventoryError(Exception):
+class InventoryError(DomainError):
     """A request the inventory rules refuse; the message says why."""
+
+    code = "inventory_error"
+    status = 409
 
 
 class UnknownSku(InventoryError):
+    code = "unknown_sku"
+    status = 404
+
     def __init__(self, sku: str) -> None:
         super().__init__(f"sku {sku!r} has no stock record; seed it with PUT /admin/stock")
         self.sku = sku
 
 
 class UnknownReservation(InventoryError):
+    code = "unknown_reservation"
+    status = 404
+
     def __init__(self, order_id: str) -> None:
         super().__init__(f"no reservation for order {order_id!r}")
 
 
 class OutOfStock(InventoryError):
+    code = "out_of_stock"
+    status = 409
+
     def __init__(self, sku: str, qty: int, available: int) -> None:
         super().__init__(f"sku {sku!r}: requested {qty}, available {max(available, 0)}")
 
 
 class ReservationCancelled(InventoryError):
+    code = "reservation_cancelled"
+    status = 409
+
     def __init__(self, order_id: str, *, before_try: bool) -> None:
         why = "its cancel arrived before the try" if before_try else "it was cancelled"
         super().__init__(f"order {order_id!r} cannot hold stock: {why}")
 
 
 class ReservationConflict(InventoryError):
+    code = "reservation_conflict"
+    status = 409
+
     def __init__(self, existing: Reservation, sku: str, qty: int) -> None:
         super().__init__(
             f"order {existing.order_id!r} already reserved sku={existing.sku!r} "
@@ -61,11 +80,17 @@ class ReservationConflict(InventoryError):
 
 
 class ReservationConfirmed(InventoryError):
+    code = "reservation_confirmed"
+    status = 409
+
     def __init__(self, order_id: str) -> None:
         super().__init__(f"order {order_id!r} is already confirmed and cannot be cancelled")
 
 
 class StockInUse(InventoryError):
+    code = "stock_in_use"
+    status = 409
+
     def __init__(self, skus: list[str]) -> None:
         super().__init__(f"sku(s) {', '.join(skus)} already have reservations; stock not reset")
 

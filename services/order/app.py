@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.common.api import admin_guard, error_responses, ndjson
@@ -25,26 +25,11 @@ from services.order.domain import (
     MAX_AMOUNT,
     MAX_QTY,
     Notification,
-    OrderError,
     OrderService,
     trace_id_of,
 )
 from services.order.peers import Peers
 from services.order.store import Order, OrderStore
-
-_STATUS_OF_CODE: dict[str, int] = {
-    "missing_idempotency_key": 400,
-    "invalid_idempotency_key": 400,
-    "idempotency_key_reused": 422,
-    "dependency_unavailable": 503,
-    "unknown_order": 404,
-    "unknown_payment": 404,
-    "bad_signature": 400,
-    "stale_timestamp": 400,
-    "amount_mismatch": 400,
-    "notify_replayed_altered": 400,
-    "unsupported_status": 400,
-}
 
 Id = Annotated[str, Field(pattern=ID_PATTERN, min_length=1, max_length=128)]
 PathId = Annotated[str, Path(pattern=ID_PATTERN, min_length=1, max_length=128)]
@@ -122,14 +107,6 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.service = service
-
-    @app.exception_handler(OrderError)
-    async def _order_error(_: Request, exc: OrderError) -> JSONResponse:
-        status = _STATUS_OF_CODE.get(exc.code, 400)
-        headers = {"Retry-After": "1"} if status == 503 else None
-        return JSONResponse(
-            {"error": exc.code, "detail": exc.detail}, status_code=status, headers=headers
-        )
 
     @app.post(
         "/orders",

@@ -25,6 +25,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.common import signing, storage
+from services.common.api import DomainError
 from services.common.settings import Settings
 from services.common.telemetry import current_traceparent
 from services.order import metrics
@@ -81,36 +82,37 @@ class Settlement(StrEnum):
 # errors ----------------------------------------------------------------------------------
 
 
-class OrderError(Exception):
+class OrderError(DomainError):
     """A refusal the API reports as `{"error": code, "detail": ...}`."""
 
     code = "order_error"
-
-    def __init__(self, detail: str, *, code: str | None = None) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        if code is not None:
-            self.code = code
+    status = 400
 
 
 class MissingIdempotencyKey(OrderError):
     code = "missing_idempotency_key"
+    status = 400
 
 
 class InvalidIdempotencyKey(OrderError):
     code = "invalid_idempotency_key"
+    status = 400
 
 
 class IdempotencyKeyReused(OrderError):
     code = "idempotency_key_reused"
+    status = 422
 
 
 class DependencyUnavailable(OrderError):
     code = "dependency_unavailable"
+    status = 503
+    retry_after_s = 1
 
 
 class UnknownOrder(OrderError):
     code = "unknown_order"
+    status = 404
 
 
 # codes a NotificationRefused carries; the first three mean "forged" in the metrics
@@ -125,9 +127,13 @@ NOTIFY_REFUSALS = FORGED_REASONS | {
 
 
 class NotificationRefused(OrderError):
-    """A notification that changes nothing; its code says why (NOTIFY_REFUSALS)."""
+    """A notification that changes nothing; its code says why (NOTIFY_REFUSALS).
+
+    Answered 400, or 404 when the order or payment it names is not known.
+    """
 
     code = "notification_refused"
+    status = 400
 
 
 # rules -----------------------------------------------------------------------------------
@@ -497,7 +503,9 @@ class OrderService:
     def _settle(self, tx: Tx, event: PaymentEvent) -> tuple[Settlement, str | None]:
         order = tx.order(event.order_id)
         if order is None:
-            raise NotificationRefused(f"no order {event.order_id!r}", code="unknown_order")
+            raise NotificationRefused(
+                f"no order {event.order_id!r}", code="unknown_order", status=404
+            )
         if event.notify_id is not None:
             seen = tx.inbox_by_notify(event.notify_id)
             if seen is not None and seen.body_hash != event.fingerprint:
@@ -514,6 +522,7 @@ class OrderService:
             raise NotificationRefused(
                 f"payment {event.payment_id!r} is not the payment of order {order.order_id}",
                 code="unknown_payment",
+                status=404,
             )
         idempotent = not self.settings.bug("notify-not-idempotent")
         if idempotent and tx.inbox(event.txn_id) is not None:
@@ -553,6 +562,7 @@ class OrderService:
             raise NotificationRefused(
                 f"order {order.order_id} is {order.status}, not awaiting payment",
                 code="unknown_payment",
+                status=404,
             )
         scheduled = self._schedule_refund(tx, order, event, reason)
         remember(Settlement.REFUND)

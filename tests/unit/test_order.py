@@ -407,6 +407,7 @@ async def test_peer_down_leaves_created_and_a_retry_resumes(shop: Shop) -> None:
     response = await shop.place()
     assert response.status_code == 503
     assert response.json()["error"] == "dependency_unavailable"
+    assert response.headers["Retry-After"] == "1"
     (row,) = shop.table("orders")
     assert row["status"] == "CREATED"
 
@@ -522,6 +523,17 @@ async def test_notification_for_unknown_order_is_404(shop: Shop) -> None:
     response = await shop.notify({**order, "order_id": "o-unknown"})
     assert response.status_code == 404
     assert response.json()["error"] == "unknown_order"
+    assert shop.snapshot() == before
+
+
+async def test_notification_naming_another_orders_payment_is_404(shop: Shop) -> None:
+    order = await shop.placed("k-1")
+    other = await shop.placed("k-2")
+    shop.channel.pay(other["payment_id"])
+    before = shop.snapshot()
+    response = await shop.notify({**order, "payment_id": other["payment_id"]})
+    assert response.status_code == 404
+    assert response.json()["error"] == "unknown_payment"
     assert shop.snapshot() == before
 
 
