@@ -19,11 +19,12 @@ from starlette.routing import Match
 from services.channel import domain
 from services.channel.behaviour import Behaviour, Knobs, KnobsUpdate
 from services.channel.domain import Channel, PaymentStatus, PaymentView
-from services.channel.fields import ID_PATTERN, MAX_SQLITE_INT, Amount, Id
+from services.channel.fields import MAX_SQLITE_INT, Amount, Id
 from services.channel.store import ChannelStore
 from services.channel.workers import Notifier, http_sender
 from services.common import telemetry
 from services.common.api import admin_guard, error_responses, ndjson
+from services.common.fields import ID_PATTERN
 from services.common.server import base_app
 from services.common.settings import Settings
 

@@ -11,7 +11,8 @@ from typing import Annotated
 
 from pydantic import BeforeValidator, Field
 
-ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+from services.common.fields import ID_PATTERN, MAX_AMOUNT
+
 MAX_SQLITE_INT = 2**63 - 1
 
 
@@ -44,5 +45,5 @@ JsonBool = Annotated[bool, BeforeValidator(_json_boolean)]
 
 Id = Annotated[str, Field(min_length=1, max_length=128, pattern=ID_PATTERN)]
 # integer minor units (cents)
-Amount = Annotated[int, Field(ge=1, le=100_000_000), JSON_INT]
+Amount = Annotated[int, Field(ge=1, le=MAX_AMOUNT), JSON_INT]
 Rate = Annotated[float, Field(ge=0.0, le=1.0), JSON_NUMBER]

@@ -28,6 +28,7 @@ from services.channel.behaviour import Behaviour
 from services.channel.schedules import retry_delay_s
 from services.channel.store import AttemptLog, ChannelStore, DueNotification
 from services.common import storage
+from services.common.fields import MAX_AMOUNT
 from services.common.http import PeerError, ServiceClient
 from services.common.settings import Settings
 from services.common.signing import SIGNATURE_HEADER, sign
@@ -37,7 +38,6 @@ _tracer = trace.get_tracer("chaosbed.channel.notifier")
 
 Forgery = Literal["unsigned", "wrong_signature", "stale_timestamp", "altered_replay"]
 FORGERIES: tuple[Forgery, ...] = get_args(Forgery)
-MAX_AMOUNT = 100_000_000
 
 
 @dataclass(frozen=True)

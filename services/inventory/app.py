@@ -17,10 +17,11 @@ from fastapi.responses import Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, StringConstraints
 
 from services.common.api import admin_guard, error_responses, ndjson
+from services.common.fields import ID_PATTERN, MAX_QTY
 from services.common.server import base_app
 from services.common.settings import Settings
 from services.inventory import domain, metrics, workers
-from services.inventory.domain import ID_PATTERN, MAX_QTY, MAX_STOCK, MAX_TTL_S
+from services.inventory.domain import MAX_STOCK, MAX_TTL_S
 from services.inventory.store import InventoryStore, Reservation, State, Stock
 
 

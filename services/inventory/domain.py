@@ -16,10 +16,9 @@ from dataclasses import dataclass
 
 from services.common import storage
 from services.common.api import DomainError
+from services.common.fields import ID_PATTERN
 from services.inventory.store import EventKind, InventoryStore, Reservation, State, Stock
 
-ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
-MAX_QTY = 1000
 MAX_STOCK = 100_000_000
 MAX_TTL_S = 86_400.0
 SWEEP_BATCH = 500

@@ -16,22 +16,15 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.common.api import admin_guard, error_responses, ndjson
+from services.common.fields import ID_PATTERN, MAX_QTY
 from services.common.server import base_app
 from services.common.settings import Settings
 from services.common.signing import SIGNATURE_HEADER
 from services.order import metrics, workers
-from services.order.domain import (
-    ID_PATTERN,
-    MAX_AMOUNT,
-    MAX_QTY,
-    Notification,
-    OrderService,
-    trace_id_of,
-)
+from services.order.domain import Amount, Id, Notification, OrderService, trace_id_of
 from services.order.peers import Peers
 from services.order.store import Order, OrderStore
 
-Id = Annotated[str, Field(pattern=ID_PATTERN, min_length=1, max_length=128)]
 PathId = Annotated[str, Path(pattern=ID_PATTERN, min_length=1, max_length=128)]
 
 
@@ -40,7 +33,7 @@ class PlaceOrder(BaseModel):
 
     sku: Id
     qty: Annotated[int, Field(ge=1, le=MAX_QTY)]
-    amount: Annotated[int, Field(ge=1, le=MAX_AMOUNT)]
+    amount: Amount
 
 
 class OrderOut(BaseModel):

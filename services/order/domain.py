@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.common import signing, storage
 from services.common.api import DomainError
+from services.common.fields import ID_PATTERN, MAX_AMOUNT
 from services.common.settings import Settings
 from services.common.telemetry import current_traceparent
 from services.order import metrics
@@ -42,9 +43,6 @@ from services.order.store import Order, OrderStore, OutboxItem, Tx
 
 log = logging.getLogger("chaosbed.order")
 
-ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
-MAX_QTY = 1000
-MAX_AMOUNT = 100_000_000
 BILL_PAGE = 500
 BILL_PAGES_PER_SWEEP = 20
 OUTBOX_BACKOFF_CAP_S = 5.0
