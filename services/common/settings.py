@@ -76,28 +76,33 @@ class Settings:
 
     @classmethod
     def from_env(cls, service: str) -> Settings:
+        d = cls(service=service)  # the defaults, written once above
         return cls(
             service=service,
-            host=_str("CHAOSBED_HOST", "127.0.0.1"),
-            port=_int("CHAOSBED_PORT", 0),
-            db_path=_str("CHAOSBED_DB", ":memory:"),
-            admin_token=_str("CHAOSBED_ADMIN_TOKEN", "dev-admin-token"),
-            notify_secret=_str("CHAOSBED_NOTIFY_SECRET", "dev-notify-secret"),
+            host=_str("CHAOSBED_HOST", d.host),
+            port=_int("CHAOSBED_PORT", d.port),
+            db_path=_str("CHAOSBED_DB", d.db_path),
+            admin_token=_str("CHAOSBED_ADMIN_TOKEN", d.admin_token),
+            notify_secret=_str("CHAOSBED_NOTIFY_SECRET", d.notify_secret),
             bugs=parse_bugs(os.environ.get("CHAOSBED_BUGS", "")),
-            inventory_url=_str("CHAOSBED_INVENTORY_URL", ""),
-            channel_url=_str("CHAOSBED_CHANNEL_URL", ""),
-            notify_url=_str("CHAOSBED_NOTIFY_URL", ""),
-            http_timeout_s=_float("CHAOSBED_HTTP_TIMEOUT_S", 2.0, minimum=0.01),
-            query_after_s=_float("CHAOSBED_QUERY_AFTER_S", 3.0),
-            close_after_s=_float("CHAOSBED_CLOSE_AFTER_S", 20.0),
-            reconcile_every_s=_float("CHAOSBED_RECONCILE_EVERY_S", 3.0, minimum=0.05),
-            worker_tick_s=_float("CHAOSBED_WORKER_TICK_S", 0.5, minimum=0.01),
-            reservation_ttl_s=_float("CHAOSBED_RESERVATION_TTL_S", 60.0, minimum=0.1),
-            sweep_every_s=_float("CHAOSBED_SWEEP_EVERY_S", 2.0, minimum=0.05),
-            signature_tolerance_s=_float("CHAOSBED_SIGNATURE_TOLERANCE_S", 300.0),
-            time_scale=_float("CHAOSBED_TIME_SCALE", 0.01, minimum=0.0),
-            retry_schedule=_str("CHAOSBED_RETRY_SCHEDULE", "wechat"),
-            max_body_bytes=_int("CHAOSBED_MAX_BODY_BYTES", 64 * 1024, minimum=256),
+            inventory_url=_str("CHAOSBED_INVENTORY_URL", d.inventory_url),
+            channel_url=_str("CHAOSBED_CHANNEL_URL", d.channel_url),
+            notify_url=_str("CHAOSBED_NOTIFY_URL", d.notify_url),
+            http_timeout_s=_float("CHAOSBED_HTTP_TIMEOUT_S", d.http_timeout_s, minimum=0.01),
+            query_after_s=_float("CHAOSBED_QUERY_AFTER_S", d.query_after_s),
+            close_after_s=_float("CHAOSBED_CLOSE_AFTER_S", d.close_after_s),
+            reconcile_every_s=_float(
+                "CHAOSBED_RECONCILE_EVERY_S", d.reconcile_every_s, minimum=0.05
+            ),
+            worker_tick_s=_float("CHAOSBED_WORKER_TICK_S", d.worker_tick_s, minimum=0.01),
+            reservation_ttl_s=_float(
+                "CHAOSBED_RESERVATION_TTL_S", d.reservation_ttl_s, minimum=0.1
+            ),
+            sweep_every_s=_float("CHAOSBED_SWEEP_EVERY_S", d.sweep_every_s, minimum=0.05),
+            signature_tolerance_s=_float("CHAOSBED_SIGNATURE_TOLERANCE_S", d.signature_tolerance_s),
+            time_scale=_float("CHAOSBED_TIME_SCALE", d.time_scale, minimum=0.0),
+            retry_schedule=_str("CHAOSBED_RETRY_SCHEDULE", d.retry_schedule),
+            max_body_bytes=_int("CHAOSBED_MAX_BODY_BYTES", d.max_body_bytes, minimum=256),
         )
 
     def bug(self, name: str) -> bool:
