@@ -11,9 +11,10 @@ import random
 import time
 from dataclasses import dataclass
 
+from services.common.forgery import FORGERY_KINDS, ForgeryKind
 from services.common.signing import SIGNATURE_HEADER, sign
 
-KINDS = ("unsigned", "wrong_key", "stale", "replay_altered")
+KINDS = FORGERY_KINDS  # the channel's vocabulary too (services/common/forgery.py)
 STALE_BY_S = 3600  # far outside any tolerance window
 
 
@@ -41,22 +42,23 @@ class Forgery:
 def forge(kind: str, order: KnownOrder, *, secret: str | None, rng: random.Random) -> Forgery:
     """A notification for `order` that a correct order service must refuse.
 
-    Without the real notify secret, `stale` and `replay_altered` are signed with a wrong key, so
-    they are still refused, only for a different reason.
+    Without the real notify secret, `stale_timestamp` and `altered_replay` are signed with a wrong
+    key, so they are still refused, only for a different reason.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown forgery {kind!r}; known: {', '.join(KINDS)}")
+    kind = ForgeryKind(kind)
     tag = f"{rng.getrandbits(48):012x}"
     notify_id = f"forged-{tag}"
     txn_id = f"forged-txn-{tag}"
     amount = order.amount
     timestamp = int(time.time())
     key = secret or f"guessed-{tag}"
-    if kind == "wrong_key":
+    if kind is ForgeryKind.WRONG_KEY:
         key = f"guessed-{tag}"
-    elif kind == "stale":
+    elif kind is ForgeryKind.STALE_TIMESTAMP:
         timestamp -= STALE_BY_S
-    elif kind == "replay_altered":
+    elif kind is ForgeryKind.ALTERED_REPLAY:
         # A captured notification replayed with a smaller amount: same txn, different money.
         txn_id = order.txn_id or txn_id
         amount = max(1, order.amount // 2) if order.amount > 1 else order.amount + 1
@@ -72,5 +74,5 @@ def forge(kind: str, order: KnownOrder, *, secret: str | None, rng: random.Rando
         },
         separators=(",", ":"),
     ).encode()
-    headers = {} if kind == "unsigned" else {SIGNATURE_HEADER: sign(key, timestamp, body)}
-    return Forgery(kind, notify_id, txn_id, amount, body, headers)
+    headers = {} if kind is ForgeryKind.UNSIGNED else {SIGNATURE_HEADER: sign(key, timestamp, body)}
+    return Forgery(kind.value, notify_id, txn_id, amount, body, headers)

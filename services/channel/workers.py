@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any
 from urllib.parse import urlsplit
 
 from opentelemetry import propagate, trace
@@ -29,15 +29,13 @@ from services.channel.schedules import retry_delay_s
 from services.channel.store import AttemptLog, ChannelStore, DueNotification
 from services.common import storage
 from services.common.fields import MAX_AMOUNT
+from services.common.forgery import FORGERY_KINDS, ForgeryKind
 from services.common.http import PeerError, ServiceClient
 from services.common.settings import Settings
 from services.common.signing import SIGNATURE_HEADER, sign
 
 log = logging.getLogger("chaosbed.channel.notifier")
 _tracer = trace.get_tracer("chaosbed.channel.notifier")
-
-Forgery = Literal["unsigned", "wrong_signature", "stale_timestamp", "altered_replay"]
-FORGERIES: tuple[Forgery, ...] = get_args(Forgery)
 
 
 @dataclass(frozen=True)
@@ -76,16 +74,21 @@ def signed_headers(secret: str, timestamp: int, payload: bytes) -> dict[str, str
 
 
 def forge(
-    variant: Forgery, body: dict[str, Any], *, secret: str, now: int, tolerance_s: float
+    kind: ForgeryKind, body: dict[str, Any], *, secret: str, now: int, tolerance_s: float
 ) -> tuple[bytes, dict[str, str]]:
-    """A forged copy of a genuine notification that a correct receiver must refuse."""
+    """A forged copy of a genuine notification that a correct receiver must refuse.
+
+    Only the stale one is signed with the real secret; the altered replay keeps the
+    notify_id and is signed with a wrong key.
+    """
+    kind = ForgeryKind(kind)  # a plain string must be one of the kinds too
     wrong_key = f"forged-{secret}"
     payload = encode(body)
-    if variant == "unsigned":
+    if kind is ForgeryKind.UNSIGNED:
         return payload, {"Content-Type": "application/json"}
-    if variant == "wrong_signature":
+    if kind is ForgeryKind.WRONG_KEY:
         return payload, signed_headers(wrong_key, now, payload)
-    if variant == "stale_timestamp":
+    if kind is ForgeryKind.STALE_TIMESTAMP:
         return payload, signed_headers(secret, now - int(tolerance_s) - 600, payload)
     amount = body["amount"]
     altered = encode({**body, "amount": amount + 1 if amount < MAX_AMOUNT else amount - 1})
@@ -254,9 +257,9 @@ class Notifier:
         if duplicate:
             metrics.NOTIFY_ATTEMPTS.labels("duplicate").inc()
         if self.behaviour.chance(knobs.forged_notify_rate):
-            variant = self.behaviour.rng.choice(FORGERIES)
+            kind = self.behaviour.rng.choice(FORGERY_KINDS)
             forged_payload, headers = forge(
-                variant,
+                kind,
                 body,
                 secret=self.settings.notify_secret,
                 now=int(time.time()),
@@ -266,7 +269,7 @@ class Notifier:
             logs.append(
                 AttemptLog(
                     number, self.clock(), sent.acked, sent.status_code,
-                    forged=True, forgery=variant, error=sent.error,
+                    forged=True, forgery=kind.value, error=sent.error,
                 )
             )  # fmt: skip
             metrics.NOTIFY_ATTEMPTS.labels("forged").inc()

@@ -21,7 +21,8 @@ from services.channel.behaviour import Behaviour, Knobs
 from services.channel.domain import Channel
 from services.channel.schedules import PRESETS, max_attempts, retry_delay_s
 from services.channel.store import ChannelStore
-from services.channel.workers import FORGERIES, Delivery, Notifier, forge, http_sender
+from services.channel.workers import Delivery, Notifier, forge, http_sender
+from services.common.forgery import FORGERY_KINDS, ForgeryKind
 from services.common.settings import Settings
 from services.common.signing import SIGNATURE_HEADER, SignatureError, verify
 
@@ -177,11 +178,13 @@ def test_schedule_presets_are_scaled_and_end() -> None:
 def test_forged_variants_all_fail_verification() -> None:
     body = {"notify_id": "n", "amount": 100, "status": "SUCCEEDED"}
     now = int(time.time())
-    for variant in FORGERIES:
-        payload, headers = forge(variant, body, secret=SECRET, now=now, tolerance_s=TOLERANCE_S)
+    for kind in FORGERY_KINDS:
+        payload, headers = forge(kind, body, secret=SECRET, now=now, tolerance_s=TOLERANCE_S)
         with pytest.raises(SignatureError):
             verify(SECRET, headers.get(SIGNATURE_HEADER), payload, now=now, tolerance_s=TOLERANCE_S)
-    altered, _ = forge("altered_replay", body, secret=SECRET, now=now, tolerance_s=TOLERANCE_S)
+    altered, _ = forge(
+        ForgeryKind.ALTERED_REPLAY, body, secret=SECRET, now=now, tolerance_s=TOLERANCE_S
+    )
     assert json.loads(altered)["notify_id"] == "n" and json.loads(altered)["amount"] != 100
 
 
@@ -319,7 +322,7 @@ def test_forged_knob_adds_a_forged_request_that_fails_verification(
     assert len(genuine) == 8 and len(forged) == 8
     log = rig.log()
     assert sum(r["forged"] for r in log) == 8
-    assert {r["forgery"] for r in log if r["forged"]} <= set(FORGERIES)
+    assert {r["forgery"] for r in log if r["forged"]} <= set(FORGERY_KINDS)
     assert len({r["forgery"] for r in log if r["forged"]}) > 1  # the variants are mixed
     assert rig.states() == ["acked"] * 8
 

@@ -137,7 +137,7 @@ def test_every_forgery_fails_a_check_the_order_service_makes(kind: str) -> None:
     body = json.loads(forgery.body)
     assert body["merchant_order_id"] == "o-1" and body["payment_id"] == "p-1"
     header = forgery.headers.get(SIGNATURE_HEADER)
-    if kind == "replay_altered":
+    if kind == "altered_replay":
         # Correctly signed: only the amount (against the order) and the replay give it away.
         verify("s3cret", header, forgery.body, now=_now(), tolerance_s=300)
         assert body["txn_id"] == "t-1" and body["amount"] != 1000

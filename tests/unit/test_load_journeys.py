@@ -213,7 +213,7 @@ def test_forged_notification_outcomes_are_what_the_server_answered(probe: dict) 
     assert outcome(refused) == [("forge", "invoke"), ("forge", "fail")]
     assert outcome(accepted) == [("forge", "invoke"), ("forge", "ok")]
     value = accepted["records"][1]["value"]
-    assert value["kind"] in {"unsigned", "wrong_key", "stale", "replay_altered"}
+    assert value["kind"] in {"unsigned", "wrong_key", "stale_timestamp", "altered_replay"}
     assert value["http_status"] == 200 and accepted["records"][1]["order_id"] == "o-1"
     assert accepted["requests"][0]["line"] == "POST /notifications/payment HTTP/1.1"
 

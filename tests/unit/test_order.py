@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,6 +21,9 @@ import schemathesis
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
+from loadtests import forgery as load_forgery
+from services.channel import workers as channel_workers
+from services.common.forgery import FORGERY_KINDS, ForgeryKind, refusal_codes
 from services.common.http import Ambiguous, Unreachable
 from services.common.settings import Settings
 from services.common.signing import SIGNATURE_HEADER, sign
@@ -514,6 +518,64 @@ async def test_refused_notification_changes_nothing(
     assert shop.snapshot() == before
     (rejection,) = shop.table("notification_rejections")
     assert rejection["reason"] in (code, "invalid_body")
+
+
+def _genuine_body(shop: Shop, order: dict[str, Any]) -> dict[str, Any]:
+    payment = shop.channel.payments[order["payment_id"]]
+    return {
+        "notify_id": "n-1",
+        "payment_id": order["payment_id"],
+        "merchant_order_id": order["order_id"],
+        "txn_id": payment["txn_id"],
+        "amount": order["amount"],
+        "status": "SUCCEEDED",
+        "paid_at": payment["paid_at"],
+    }
+
+
+@pytest.mark.parametrize("kind", FORGERY_KINDS)
+async def test_a_channel_forgery_is_refused_with_the_code_its_kind_maps_to(
+    shop: Shop, kind: ForgeryKind
+) -> None:
+    order = await shop.placed()
+    shop.channel.pay(order["payment_id"])
+    body = _genuine_body(shop, order)
+    payload, headers = channel_workers.forge(
+        kind, body, secret=SECRET, now=int(time.time()), tolerance_s=300
+    )
+    before = shop.snapshot()
+    response = await shop.client.post("/notifications/payment", content=payload, headers=headers)
+    # the channel signs only its stale forgery with the real secret
+    expected = refusal_codes(kind, signed_with_secret=kind is ForgeryKind.STALE_TIMESTAMP)
+    assert response.status_code == 400
+    assert response.json()["error"] in expected
+    assert shop.snapshot() == before
+
+
+@pytest.mark.parametrize("secret", [SECRET, None])
+@pytest.mark.parametrize("kind", FORGERY_KINDS)
+async def test_a_load_generator_forgery_is_refused_with_the_code_its_kind_maps_to(
+    shop: Shop, kind: ForgeryKind, secret: str | None
+) -> None:
+    order = await shop.placed()
+    shop.channel.pay(order["payment_id"])
+    assert (await shop.notify(order)).status_code == 200
+    txn_id = _genuine_body(shop, order)["txn_id"]
+    known = load_forgery.KnownOrder(
+        order["order_id"], order["payment_id"], order["amount"], txn_id=txn_id
+    )
+    forged = load_forgery.forge(kind, known, secret=secret, rng=random.Random(7))
+    before = shop.snapshot()
+    response = await shop.client.post(
+        "/notifications/payment",
+        content=forged.body,
+        headers={**forged.headers, "Content-Type": "application/json"},
+    )
+    signed_with_secret = secret is not None and kind is not ForgeryKind.WRONG_KEY
+    assert forged.kind == kind.value
+    assert response.status_code == 400
+    assert response.json()["error"] in refusal_codes(kind, signed_with_secret=signed_with_secret)
+    assert shop.snapshot() == before
 
 
 async def test_notification_for_unknown_order_is_404(shop: Shop) -> None:
