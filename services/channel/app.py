@@ -270,7 +270,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     async def put_behaviour(change: KnobsUpdate) -> Knobs:
         knobs = behaviour.update(change)
-        log.info("behaviour changed", extra={"fields": {"knobs": knobs.model_dump()}})
+        log.info("behaviour changed", extra=telemetry.log_fields(knobs=knobs.model_dump()))
         return knobs
 
     @app.get(

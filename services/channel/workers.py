@@ -33,6 +33,7 @@ from services.common.forgery import FORGERY_KINDS, ForgeryKind
 from services.common.http import PeerError, ServiceClient
 from services.common.settings import Settings
 from services.common.signing import SIGNATURE_HEADER, sign
+from services.common.telemetry import log_fields
 
 log = logging.getLogger("chaosbed.channel.notifier")
 _tracer = trace.get_tracer("chaosbed.channel.notifier")
@@ -207,8 +208,7 @@ class Notifier:
         except asyncio.CancelledError:
             raise
         except Exception:
-            fields = {"notify_id": due.notify_id}
-            log.exception("notification attempt failed", extra={"fields": fields})
+            log.exception("notification attempt failed", extra=log_fields(notify_id=due.notify_id))
 
     async def attempt(self, due: DueNotification) -> None:
         """One attempt of one notification, under a span that joins the payment's trace."""
@@ -280,7 +280,7 @@ class Notifier:
             return
         delay = retry_delay_s(knobs.retry_schedule, number, knobs.time_scale)
         if delay is None:
-            log.warning("notification given up", extra={"fields": {"notify_id": due.notify_id}})
+            log.warning("notification given up", extra=log_fields(notify_id=due.notify_id))
             self.store.finish_attempt(
                 due.notify_id, logs, state="exhausted", attempt=number, next_attempt_at=self.clock()
             )

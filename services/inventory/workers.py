@@ -8,7 +8,7 @@ import logging
 from opentelemetry.trace import SpanKind
 
 from services.common import storage
-from services.common.telemetry import linked_span
+from services.common.telemetry import linked_span, log_fields
 from services.inventory import domain
 from services.inventory.metrics import SWEEPER_CANCELLATIONS
 from services.inventory.store import InventoryStore, Reservation
@@ -30,7 +30,7 @@ def sweep_once(store: InventoryStore) -> int:
         SWEEPER_CANCELLATIONS.inc(len(swept))
         log.info(
             "sweeper cancelled expired tries",
-            extra={"fields": {"swept": len(swept), "order_ids": [r.order_id for r in swept][:20]}},
+            extra=log_fields(swept=len(swept), order_ids=[r.order_id for r in swept][:20]),
         )
     return len(swept)
 
