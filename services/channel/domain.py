@@ -147,7 +147,7 @@ class Channel:
         self, merchant_order_id: str, amount: int, description: str | None, traceparent: str | None
     ) -> tuple[PaymentView, bool]:
         """The payment for this merchant order, and whether it was created now."""
-        with self.store.atomic():
+        with self.store.transaction():
             existing = self.store.payment_by_order(merchant_order_id)
             if existing is not None:
                 if existing.amount != amount:
@@ -171,7 +171,7 @@ class Channel:
     def pay(self, payment_id: str) -> PaymentView:
         """The shopper pays: charge once and queue the notification, in one transaction."""
         knobs = self.behaviour.knobs
-        with self.store.atomic():
+        with self.store.transaction():
             payment, events = self._load(payment_id)
             view = derive(payment, events)
             if view.txn_id is not None:
@@ -204,7 +204,7 @@ class Channel:
         return derive(payment, [*events, charge])
 
     def close(self, payment_id: str) -> PaymentView:
-        with self.store.atomic():
+        with self.store.transaction():
             payment, events = self._load(payment_id)
             view = derive(payment, events)
             if view.txn_id is not None:
@@ -227,7 +227,7 @@ class Channel:
 
         The refund event carries the txn_id of the charge it refunds.
         """
-        with self.store.atomic():
+        with self.store.transaction():
             payment, events = self._load(payment_id)
             previous = self.store.refund(refund_id)
             if previous is not None:

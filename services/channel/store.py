@@ -134,7 +134,7 @@ class ChannelStore:
     def open(cls, path: str) -> ChannelStore:
         return cls(storage.connect(path))
 
-    def atomic(self) -> AbstractContextManager[sqlite3.Connection]:
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         return storage.transaction(self.conn)
 
     def close(self) -> None:
@@ -257,7 +257,7 @@ class ChannelStore:
         next_attempt_at: float,
     ) -> None:
         """Log every request of one attempt and move the notification on, atomically."""
-        with self.atomic():
+        with self.transaction():
             self.conn.executemany(
                 "INSERT INTO notify_log (notify_id, attempt, t, acked, status_code, forged,"
                 " forgery, duplicate, dropped, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -157,7 +157,7 @@ class Notifier:
             return []
         if self.behaviour.knobs.notify_reorder:
             self.behaviour.rng.shuffle(due)
-        with self.store.atomic():
+        with self.store.transaction():
             self.store.lease([d.notify_id for d in due], now + self._lease_s)
         tasks = []
         for item in due:

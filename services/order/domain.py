@@ -1,7 +1,7 @@
 """Order rules and the payment flow (DESIGN.md steps 1, 4-8), with no HTTP details.
 
 Flows call the peers through the typed clients in peers.py and write through
-`store.tx()`.  Every transaction is synchronous: the flow awaits a peer, then
+`store.transaction()`.  Every transaction is synchronous: the flow awaits a peer, then
 commits what it learned, never the other way round.  Calls that touch one
 order's saga at the channel or inventory hold that order's in-process lock so
 the request path and the workers never run them side by side.
@@ -298,7 +298,7 @@ class OrderService:
         """
         key = check_idempotency_key(key)
         digest = request_hash(sku=sku, qty=qty, amount=amount)
-        with self.store.tx() as tx:
+        with self.store.transaction() as tx:
             found = tx.order_by_key(key)
             order = found or tx.insert_order(
                 order_id=new_order_id(),
@@ -347,7 +347,7 @@ class OrderService:
         """Planted bug new-payment-on-retry: a replay opens a second payment for the order."""
         async with self.exclusive(order_id):
             order = self.get(order_id)
-            with self.store.tx() as tx:
+            with self.store.transaction() as tx:
                 replays = tx.count_replay(order_id)
             try:
                 payment = await self.peers.channel.create_payment(
@@ -355,12 +355,12 @@ class OrderService:
                 )
             except (PeerUnavailable, PeerRefused) as exc:
                 raise DependencyUnavailable(f"order {order_id}: {exc}") from exc
-            with self.store.tx() as tx:
+            with self.store.transaction() as tx:
                 tx.set_payment(order_id, payment.payment_id)
             return self.get(order_id)
 
     def _await_payment(self, order_id: str, payment_id: str) -> Order:
-        with self.store.tx() as tx:
+        with self.store.transaction() as tx:
             tx.move(
                 order_id,
                 Status.AWAITING_PAYMENT,
@@ -371,7 +371,7 @@ class OrderService:
         return self.get(order_id)
 
     def _reject(self, order_id: str, *, cancel_reservation: bool) -> Order:
-        with self.store.tx() as tx:
+        with self.store.transaction() as tx:
             moved = tx.move(
                 order_id,
                 Status.REJECTED,
@@ -465,7 +465,7 @@ class OrderService:
     def _refused(
         self, reason: str, notify_id: str | None, order_id: str | None, txn_id: str | None
     ) -> None:
-        with self.store.tx() as tx:
+        with self.store.transaction() as tx:
             tx.record_rejection(
                 notify_id=notify_id, order_id=order_id, txn_id=txn_id, reason=reason
             )
@@ -478,7 +478,7 @@ class OrderService:
         Raises NotificationRefused (and, for notifications, records why) when it does not fit.
         """
         try:
-            with self.store.tx() as tx:
+            with self.store.transaction() as tx:
                 outcome, refund_reason = self._settle(tx, event)
                 if event.notify_id is not None:
                     tx.add_receipt(
@@ -607,12 +607,12 @@ class OrderService:
         return outcome
 
     def _flag(self, order_id: str, flag: str) -> None:
-        with self.store.tx() as tx:
+        with self.store.transaction() as tx:
             tx.add_flag(order_id, flag)
 
     def _postpone(self, order_id: str) -> None:
         wait = max(self.settings.query_after_s, self.settings.worker_tick_s)
-        with self.store.tx() as tx:
+        with self.store.transaction() as tx:
             tx.postpone_check(order_id, tx.t + wait)
 
     async def query(self, order_id: str) -> None:
@@ -660,7 +660,7 @@ class OrderService:
             except (PeerUnavailable, PeerRefused) as exc:
                 log.info("close of %s failed, will retry: %s", order_id, exc)
                 return
-            with self.store.tx() as tx:
+            with self.store.transaction() as tx:
                 if tx.move(
                     order_id,
                     Status.CLOSED,
@@ -693,16 +693,16 @@ class OrderService:
         except PeerUnavailable as exc:
             backoff = outbox_backoff_s(item.attempts, self.settings.worker_tick_s)
             log.info("outbox %s %s for %s will retry: %s", item.id, item.kind, item.order_id, exc)
-            with self.store.tx() as tx:
+            with self.store.transaction() as tx:
                 tx.outbox_retry(item.id, tx.t + backoff)
             return
         except PeerRefused as exc:
             log.error("outbox %s %s for %s refused: %s", item.id, item.kind, item.order_id, exc)
-            with self.store.tx() as tx:
+            with self.store.transaction() as tx:
                 tx.outbox_failed(item.id, exc.code)
                 tx.add_flag(item.order_id, f"{item.kind}_failed:{exc.code}")
             return
-        with self.store.tx() as tx:
+        with self.store.transaction() as tx:
             tx.outbox_delivered(item.id)
             if item.kind == "confirm":
                 tx.set_final(item.order_id)
@@ -718,7 +718,7 @@ class OrderService:
             bill = await self.peers.channel.bill(cursor, BILL_PAGE)
             for entry in bill.entries:
                 self._reconcile_charge(entry)
-            with self.store.tx() as tx:
+            with self.store.transaction() as tx:
                 tx.save_cursor(bill.next_cursor)
             if not bill.entries or bill.next_cursor == cursor or len(bill.entries) < BILL_PAGE:
                 reached_end = True
@@ -730,7 +730,7 @@ class OrderService:
     def _reconcile_charge(self, entry: BillEntry) -> None:
         if entry.kind != "charge":
             return
-        with self.store.tx() as tx:
+        with self.store.transaction() as tx:
             tx.add_bill_charge(
                 txn_id=entry.txn_id,
                 payment_id=entry.payment_id,
@@ -769,7 +769,7 @@ class OrderService:
     def _flag_unfunded(self, *, paid_before: float) -> None:
         """Paid orders whose charge is not in a bill fetched after they were paid."""
         for order in self.store.paid_without_bill_charge(paid_before):
-            with self.store.tx() as tx:
+            with self.store.transaction() as tx:
                 if tx.add_flag(order.order_id, "unfunded"):
                     log.error("order %s is PAID but the channel billed no charge", order.order_id)
                     metrics.RECONCILIATION_REPAIRS.labels("unfunded").inc()

@@ -1,6 +1,6 @@
 """The order service's SQLite schema and queries.
 
-Writes go through `OrderStore.tx()`, which yields a `Tx` bound to one
+Writes go through `OrderStore.transaction()`, which yields a `Tx` bound to one
 `BEGIN IMMEDIATE … COMMIT`; callers never await inside it.  Reads outside a
 transaction see committed data only.
 """
@@ -398,7 +398,7 @@ class OrderStore:
         self.conn.close()
 
     @contextmanager
-    def tx(self) -> Iterator[Tx]:
+    def transaction(self) -> Iterator[Tx]:
         """One transaction; the states it entered are reported after the commit."""
         tx = Tx(self.conn, storage.now())
         with storage.transaction(self.conn):
