@@ -388,6 +388,60 @@ def _inbox_entry(row: Any) -> InboxEntry:
     )
 
 
+def _same(*columns: str) -> dict[str, str]:
+    return {column: column for column in columns}
+
+
+# the export, table by table: (record type, table, order, {record field: column})
+_EXPORTS: tuple[tuple[str, str, str, dict[str, str]], ...] = (
+    (
+        "order",
+        "orders",
+        "created_at",
+        _same(
+            "order_id",
+            "idempotency_key",
+            "sku",
+            "qty",
+            "amount",
+            "status",
+            "payment_id",
+            "txn_id",
+            "created_at",
+            "t_paid",
+            "t_final",
+        ),
+    ),  # fmt: skip
+    (
+        "transition",
+        "transitions",
+        "id",
+        {
+            "order_id": "order_id",
+            "from": "from_status",
+            "to": "to_status",
+            "t": "t",
+            "cause": "cause",
+        },
+    ),
+    ("inbox", "inbox", "t", _same("txn_id", "notify_id", "order_id", "t", "outcome")),
+    ("receipt", "receipts", "t", _same("notify_id", "txn_id", "order_id", "outcome", "t")),
+    (
+        "outbox",
+        "outbox",
+        "id",
+        _same("id", "order_id", "kind", "created_at", "delivered_at", "attempts", "failed_reason"),
+    ),
+    ("refund", "refunds", "t", _same("order_id", "refund_id", "txn_id", "amount", "t", "reason")),
+    (
+        "notification_rejected",
+        "notification_rejections",
+        "id",
+        _same("notify_id", "order_id", "reason", "t"),
+    ),
+)
+
+
 class OrderStore:
     def __init__(self, path: str, *, on_transition: Callable[[str], None] | None = None) -> None:
         self.conn = storage.connect(path)
@@ -490,76 +544,10 @@ class OrderStore:
 
     def export(self, trace_id_of: Callable[[str | None], str | None]) -> Iterator[dict[str, Any]]:
         """The contract's order records (docs/contracts.md, order export)."""
-        for r in self.conn.execute("SELECT * FROM orders ORDER BY created_at").fetchall():
-            yield {
-                "type": "order",
-                "order_id": r["order_id"],
-                "idempotency_key": r["idempotency_key"],
-                "sku": r["sku"],
-                "qty": r["qty"],
-                "amount": r["amount"],
-                "status": r["status"],
-                "payment_id": r["payment_id"],
-                "txn_id": r["txn_id"],
-                "created_at": r["created_at"],
-                "t_paid": r["t_paid"],
-                "t_final": r["t_final"],
-                "trace_id": trace_id_of(r["traceparent"]),
-                "flags": json.loads(r["flags"]),
-            }
-        for r in self.conn.execute("SELECT * FROM transitions ORDER BY id").fetchall():
-            yield {
-                "type": "transition",
-                "order_id": r["order_id"],
-                "from": r["from_status"],
-                "to": r["to_status"],
-                "t": r["t"],
-                "cause": r["cause"],
-            }
-        for r in self.conn.execute("SELECT * FROM inbox ORDER BY t").fetchall():
-            yield {
-                "type": "inbox",
-                "txn_id": r["txn_id"],
-                "notify_id": r["notify_id"],
-                "order_id": r["order_id"],
-                "t": r["t"],
-                "outcome": r["outcome"],
-            }
-        for r in self.conn.execute("SELECT * FROM receipts ORDER BY t").fetchall():
-            yield {
-                "type": "receipt",
-                "notify_id": r["notify_id"],
-                "txn_id": r["txn_id"],
-                "order_id": r["order_id"],
-                "outcome": r["outcome"],
-                "t": r["t"],
-            }
-        for r in self.conn.execute("SELECT * FROM outbox ORDER BY id").fetchall():
-            yield {
-                "type": "outbox",
-                "id": r["id"],
-                "order_id": r["order_id"],
-                "kind": r["kind"],
-                "created_at": r["created_at"],
-                "delivered_at": r["delivered_at"],
-                "attempts": r["attempts"],
-                "failed_reason": r["failed_reason"],
-            }
-        for r in self.conn.execute("SELECT * FROM refunds ORDER BY t").fetchall():
-            yield {
-                "type": "refund",
-                "order_id": r["order_id"],
-                "refund_id": r["refund_id"],
-                "txn_id": r["txn_id"],
-                "amount": r["amount"],
-                "t": r["t"],
-                "reason": r["reason"],
-            }
-        for r in self.conn.execute("SELECT * FROM notification_rejections ORDER BY id").fetchall():
-            yield {
-                "type": "notification_rejected",
-                "notify_id": r["notify_id"],
-                "order_id": r["order_id"],
-                "reason": r["reason"],
-                "t": r["t"],
-            }
+        for record_type, table, order_by, fields in _EXPORTS:
+            for r in self.conn.execute(f"SELECT * FROM {table} ORDER BY {order_by}").fetchall():
+                record = {"type": record_type, **{key: r[column] for key, column in fields.items()}}
+                if record_type == "order":
+                    record["trace_id"] = trace_id_of(r["traceparent"])
+                    record["flags"] = json.loads(r["flags"])
+                yield record
