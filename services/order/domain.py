@@ -241,6 +241,17 @@ def _loose_ids(body: bytes) -> dict[str, str | None]:
     }
 
 
+def _remember(tx: Tx, order: Order, event: PaymentEvent, outcome: Settlement) -> None:
+    """Put the charge in the inbox with what it did, so a replay is known as one."""
+    tx.add_inbox(
+        txn_id=event.txn_id,
+        notify_id=event.notify_id,
+        order_id=order.order_id,
+        outcome=outcome.value,
+        body_hash=event.fingerprint,
+    )
+
+
 class _OrderLock:
     def __init__(self) -> None:
         self.lock = asyncio.Lock()
@@ -522,49 +533,67 @@ class OrderService:
                 code="unknown_payment",
                 status=404,
             )
-        idempotent = not self.settings.bug("notify-not-idempotent")
-        if idempotent and tx.inbox(event.txn_id) is not None:
+        if self.settings.bug("notify-not-idempotent"):
+            return self._settle_every_time(tx, order, event)
+        if tx.inbox(event.txn_id) is not None:
             return Settlement.DUPLICATE, None
+        return self._settle_once(tx, order, event)
 
-        def remember(outcome: Settlement) -> None:
-            tx.add_inbox(
-                txn_id=event.txn_id,
-                notify_id=event.notify_id,
-                order_id=order.order_id,
-                outcome=outcome.value,
-                body_hash=event.fingerprint,
-            )
-
-        if order.status == Status.AWAITING_PAYMENT or (
-            not idempotent and order.status == Status.PAID
-        ):
-            tx.move(
-                order.order_id,
-                Status.PAID,
-                cause=event.cause,
-                only_from=[Status.AWAITING_PAYMENT] if idempotent else None,
-                txn_id=event.txn_id,
-                t_paid=tx.t,
-            )
-            tx.add_outbox(order.order_id, "confirm")
-            remember(Settlement.PAID)
+    def _settle_once(
+        self, tx: Tx, order: Order, event: PaymentEvent
+    ) -> tuple[Settlement, str | None]:
+        """What the first sighting of a charge does to its order."""
+        if order.status == Status.AWAITING_PAYMENT:
+            self._mark_paid(tx, order, event, only_from=[Status.AWAITING_PAYMENT])
             return Settlement.PAID, None
         if order.status in (Status.CLOSED, Status.REJECTED):
             if self.settings.bug("no-refund-on-late-pay"):
-                remember(Settlement.IGNORED)
-                return Settlement.IGNORED, None
-            reason = "paid_after_close"
-        elif order.status == Status.PAID:
-            reason = "duplicate_charge"  # a second charge for an order already paid
-        else:
-            raise NotificationRefused(
-                f"order {order.order_id} is {order.status}, not awaiting payment",
-                code="unknown_payment",
-                status=404,
-            )
+                return self._keep_late_payment(tx, order, event)
+            return self._refund(tx, order, event, "paid_after_close")
+        if order.status == Status.PAID:
+            return self._refund(tx, order, event, "duplicate_charge")  # a second charge
+        raise NotificationRefused(
+            f"order {order.order_id} is {order.status}, not awaiting payment",
+            code="unknown_payment",
+            status=404,
+        )
+
+    def _mark_paid(
+        self, tx: Tx, order: Order, event: PaymentEvent, *, only_from: list[str] | None
+    ) -> None:
+        tx.move(
+            order.order_id,
+            Status.PAID,
+            cause=event.cause,
+            only_from=only_from,
+            txn_id=event.txn_id,
+            t_paid=tx.t,
+        )
+        tx.add_outbox(order.order_id, "confirm")
+        _remember(tx, order, event, Settlement.PAID)
+
+    def _refund(
+        self, tx: Tx, order: Order, event: PaymentEvent, reason: str
+    ) -> tuple[Settlement, str | None]:
         scheduled = self._schedule_refund(tx, order, event, reason)
-        remember(Settlement.REFUND)
+        _remember(tx, order, event, Settlement.REFUND)
         return Settlement.REFUND, reason if scheduled else None
+
+    def _settle_every_time(
+        self, tx: Tx, order: Order, event: PaymentEvent
+    ) -> tuple[Settlement, str | None]:
+        """Planted bug notify-not-idempotent: no inbox check, and a paid order is paid again."""
+        if order.status == Status.PAID:
+            self._mark_paid(tx, order, event, only_from=None)
+            return Settlement.PAID, None
+        return self._settle_once(tx, order, event)
+
+    def _keep_late_payment(
+        self, tx: Tx, order: Order, event: PaymentEvent
+    ) -> tuple[Settlement, str | None]:
+        """Planted bug no-refund-on-late-pay: a closed order's payment is kept, not refunded."""
+        _remember(tx, order, event, Settlement.IGNORED)
+        return Settlement.IGNORED, None
 
     def _schedule_refund(self, tx: Tx, order: Order, event: PaymentEvent, reason: str) -> bool:
         refund_id = refund_id_for(event.txn_id)
@@ -637,22 +666,21 @@ class OrderService:
 
     async def close_expired(self, order_id: str) -> None:
         """Timeout close: query first; if unpaid, close the payment, then the order."""
-        careless = self.settings.bug("no-active-query")
+        if self.settings.bug("no-active-query"):
+            await self._close_without_query(order_id)
+            return
         async with self.exclusive(order_id):
             order = self.get(order_id)
             if order.status != Status.AWAITING_PAYMENT or order.payment_id is None:
                 return
             channel = self.peers.channel
             try:
-                if not careless:
-                    payment = await channel.get_payment(order.payment_id)
-                    if payment.paid:
-                        self._settle_paid(order, payment, Cause.QUERY)
-                        return
+                payment = await channel.get_payment(order.payment_id)
+                if payment.paid:
+                    self._settle_paid(order, payment, Cause.QUERY)
+                    return
                 if not await channel.close_payment(order.payment_id):
-                    if careless:
-                        self._postpone(order_id)  # planted bug: the paid order waits forever
-                        return
+                    # paid between the query and the close: settle what the channel says now
                     payment = await channel.get_payment(order.payment_id)
                     if payment.paid:
                         self._settle_paid(order, payment, Cause.QUERY)
@@ -660,15 +688,34 @@ class OrderService:
             except (PeerUnavailable, PeerRefused) as exc:
                 log.info("close of %s failed, will retry: %s", order_id, exc)
                 return
-            with self.store.transaction() as tx:
-                if tx.move(
-                    order_id,
-                    Status.CLOSED,
-                    cause=Cause.CLOSE,
-                    only_from=[Status.AWAITING_PAYMENT],
-                    t_final=tx.t,
-                ):
-                    tx.add_outbox(order_id, "cancel")
+            self._close(order_id)
+
+    async def _close_without_query(self, order_id: str) -> None:
+        """Planted bug no-active-query: close without asking; a paid order then waits forever."""
+        async with self.exclusive(order_id):
+            order = self.get(order_id)
+            if order.status != Status.AWAITING_PAYMENT or order.payment_id is None:
+                return
+            try:
+                closed = await self.peers.channel.close_payment(order.payment_id)
+            except (PeerUnavailable, PeerRefused) as exc:
+                log.info("close of %s failed, will retry: %s", order_id, exc)
+                return
+            if not closed:
+                self._postpone(order_id)
+                return
+            self._close(order_id)
+
+    def _close(self, order_id: str) -> None:
+        with self.store.transaction() as tx:
+            if tx.move(
+                order_id,
+                Status.CLOSED,
+                cause=Cause.CLOSE,
+                only_from=[Status.AWAITING_PAYMENT],
+                t_final=tx.t,
+            ):
+                tx.add_outbox(order_id, "cancel")
 
     # 5. outbox relay -------------------------------------------------------------------
 
