@@ -280,6 +280,7 @@ def throughput_draw(bins: dict[int, list[tuple[float | None, bool]]]) -> Draw:
         ratio = [100.0 * n / len(bins[s]) for n, s in zip(ok, secs, strict=True)]
         ax.plot(secs, ok, lw=1.2, color="#1f77b4", label="successful operations a second")
         ax.set_ylabel("operations a second")
+        ax.set_ylim(bottom=0)
         twin = ax.twinx()
         twin.plot(secs, ratio, lw=1.0, color="#2ca02c", label="share that succeeded (%)")
         twin.set_ylabel("succeeded (%)")
@@ -317,6 +318,7 @@ def unpaid_draw(facts: Facts, origin: float) -> Draw:
             ax.step(xs, ys, where="post", color="#d62728", lw=1.2,
                     label="charged, order not yet paid")
         ax.set_ylabel("orders")
+        ax.set_ylim(bottom=0)
         return bool(xs)
 
     return draw

@@ -114,9 +114,9 @@ _PLURALS = {"stock reservation": "stock reservations"}
 
 
 def money(minor: int) -> str:
-    """Minor units as money: `¥1,234.50`; whole amounts of ¥100 or more without the cents."""
+    """Minor units as money: `¥1,234.50`; from ¥10,000 on, without the cents."""
     major = minor / 100
-    if abs(minor) >= 10_000:
+    if abs(minor) >= 1_000_000:
         return f"{CURRENCY}{major:,.0f}"
     return f"{CURRENCY}{major:,.2f}"
 
