@@ -26,6 +26,7 @@ from html import escape
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from slos.checkers import PAID_STATES, Facts, percentile
 from slos.evaluate import JOURNEY_OPS, FaultWindow, merge_intervals
@@ -261,13 +262,16 @@ def latency_draw(bins: dict[int, list[tuple[float | None, bool]]]) -> Draw:
             xs.append(second)
             for p, values in series.items():
                 values.append(percentile(ok, p))
-        names = {50: "half were faster", 95: "95 % were faster", 99: "99 % were faster"}
+        names = {50: "half took up to", 95: "95 % took up to", 99: "99 % took up to"}
         shades = {50: "#9ecae1", 95: "#4292c6", 99: "#08306b"}
         for p, values in series.items():
             ax.plot(xs, values, lw=1.2, color=shades[p], label=names[p])
         ax.set_ylabel("time taken (ms)")
-        if xs:
+        if xs:  # log: a fault's seconds and a normal step's milliseconds on one chart
             ax.set_yscale("log")
+            plain = FuncFormatter(lambda v, _: f"{v:g}")
+            ax.yaxis.set_major_formatter(plain)
+            ax.yaxis.set_minor_formatter(plain)
         return bool(xs)
 
     return draw

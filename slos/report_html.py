@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from html import escape
 from typing import TYPE_CHECKING
 
+from slos.audit import AuditResult
 from slos.checkers import INFO_VERDICT, INVALID, UNKNOWN, VALID, Facts
 from slos.evaluate import FAIL_TIER, PASS, WARNING, ObjectiveResult
 from slos.records import OK, Records
@@ -80,7 +81,8 @@ th{background:#f5f5f5}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .tier.fail{background:#fde8e8;color:#a50e0e}.tier.unknown{background:#eceff1;color:#455a64}
 ul.impact>li{margin:.6em 0}.look{color:#555}.examples{font-size:.9em;color:#444}
 figure{margin:1.2em 0}figure img{width:100%;display:block;border:1px solid #eee}
-figcaption{font-size:.9em;color:#555}code{font-size:.9em}
+figcaption{font-size:.9em;color:#555}code{font-family:ui-monospace,Menlo,Consolas,monospace;
+font-size:.9em}
 .fault-lanes{position:relative;width:100%;margin-bottom:2px}
 .lane-band{position:absolute;height:16px;opacity:.35;border-radius:2px}
 .lane-label{position:absolute;height:16px;line-height:16px;font-size:11px;padding:0 3px;
@@ -220,10 +222,9 @@ def _meaning(gate: GateResult, records: Records, told: Told) -> str:
             + "</section>")
 
 
-def _waiting(audit: object) -> str:
+def _waiting(audit: AuditResult) -> str:
     """How long paying shoppers waited to see their order paid (P11'), in words."""
-    checks = getattr(audit, "checks", {})
-    wait = checks.get("P11'")
+    wait = audit.checks.get("P11'")
     if wait is None or wait.stats.get("p95") is None:
         return ""
     gave_up = int(wait.stats.get("gave_up") or 0)

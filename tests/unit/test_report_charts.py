@@ -54,7 +54,7 @@ def test_overlapping_faults_get_their_own_lanes_and_labels_never_overlap() -> No
     for a, b in combinations(items, 2):
         assert not (a.lane == b.lane and overlapping(a, b)), (a, b)
     for i in items:  # inside the plot's width, so they line up with the charts
-        assert 100 * AX_LEFT - 1e-9 <= i.label_left
+        assert i.label_left >= 100 * AX_LEFT - 1e-9
         assert i.label_left + i.label_width <= 100 * AX_RIGHT + 1e-9
 
 
