@@ -133,22 +133,27 @@ def _impact(check: CheckResult, facts: Facts) -> Impact:
     return impact
 
 
-def _duplicates(facts: Facts, order_id: str) -> list[str]:
-    """The other orders created under the same idempotency key as `order_id` (O2)."""
-    key = facts.orders[order_id].idempotency_key
-    return [o.order_id for o in facts.records.orders
-            if o.idempotency_key == key and o.order_id != order_id]
+def _duplicates(facts: Facts, order_ids: list[str]) -> dict[str, list[str]]:
+    """For each order of `order_ids` (O2's first orders), the other orders created under the
+    same idempotency key; one pass over the orders, however many are duplicated."""
+    keys = {facts.orders[k].idempotency_key: k for k in order_ids if k in facts.orders}
+    others: dict[str, list[str]] = {k: [] for k in keys.values()}
+    for o in facts.records.orders:
+        first = keys.get(o.idempotency_key)
+        if first is not None and o.order_id != first:
+            others[first].append(o.order_id)
+    return others
 
 
 def _money(cls: str, basis: str, order_ids: list[str], facts: Facts) -> dict[str, int]:
     orders, charges = facts.orders, facts.charges
+    duplicates = _duplicates(facts, order_ids) if cls == "O2" else {}
     out: dict[str, int] = {}
     for k in order_ids:
         order = orders.get(k)
         charged = [c.amount for c in charges.get(k, ())]
         if cls == "O2" and order is not None:
-            extra = _duplicates(facts, k)
-            out[k] = sum(orders[d].amount for d in extra if d in orders)
+            out[k] = sum(orders[d].amount for d in duplicates.get(k, []) if d in orders)
         elif basis == ORDER_AMOUNT and order is not None:
             out[k] = order.amount
         elif basis == CHARGED and (charged or order is not None):
@@ -164,8 +169,9 @@ def _order_units(cls: str, basis: str, order_ids: list[str], facts: Facts) -> di
     orders = facts.orders
     if basis == ORDER_QTY:
         if cls == "O2":
-            return {k: sum(orders[d].qty for d in _duplicates(facts, k))
-                    for k in order_ids if k in orders}
+            duplicates = _duplicates(facts, order_ids)
+            return {k: sum(orders[d].qty for d in others if d in orders)
+                    for k, others in duplicates.items()}
         return {k: orders[k].qty for k in order_ids if k in orders}
     wanted = set(order_ids)
     held: Counter[str] = Counter()

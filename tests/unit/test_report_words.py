@@ -247,3 +247,17 @@ def test_an_unknown_class_still_gets_a_sentence() -> None:
 
     impact = Impact(check.cls, check.name, check.count, [])
     assert impact_sentence(impact) == "2 problems of the kind “teleported parcel” were found."
+
+
+def test_an_order_created_twice_costs_the_duplicate() -> None:
+    import dataclasses
+
+    records = clean_run(20)
+    first = records.orders[4]
+    records.orders.append(dataclasses.replace(first, order_id="o-4-again", amount=650, qty=3,
+                                              status="CLOSED"))
+    exposed = exposure(audit(records), records)
+    o2 = next(i for i in exposed.impacts if i.cls == "O2")
+    assert (o2.count, o2.money, o2.units) == (1, 650, 3)  # the second order, not the first
+    assert impact_sentence(o2) == ("1 order was created twice — ¥6.50 of duplicate orders, "
+                                   "3 units of stock.")
