@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -225,6 +226,7 @@ class RunPipeline:
             "attached": str(self.attach) if self.attach else None,
             "status": "running",
             "error": None,
+            **build_identity(),
         }
         self._write_meta()
         _say(f"run directory {self.run_dir}")
@@ -507,6 +509,23 @@ class RunPipeline:
     def _write_stack_json(self) -> None:
         assert self.run_dir is not None and self.stack is not None
         rundir.write_json(self.run_dir / "stack.json", self.stack.info)
+
+
+def build_identity() -> dict[str, Any]:
+    """The commit under test, for the report: `git_revision` ("unknown" outside a git checkout)
+    and `git_dirty` (uncommitted changes to tracked files; None when unknown)."""
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True,
+                                  text=True, timeout=10, check=True)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip()
+
+    revision = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if revision else None
+    return {"git_revision": revision or "unknown",
+            "git_dirty": None if status is None else bool(status)}
 
 
 def _verdict_text(result: Any) -> str:

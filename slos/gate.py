@@ -179,6 +179,7 @@ def baseline_values(path: Path, slo: SloFile) -> dict[str, Any]:
             "_path": str(path),
             "verdict": decide(objectives, result)[0],
             "objectives": [o.to_dict() for o in objectives],
+            "audit": result.to_dict(),
         }
     previous = load_baseline(path)
     used = (previous.get("slo") or {}).get("name")
@@ -222,7 +223,7 @@ def _harness_error(run_dir: Path, message: str) -> GateResult:
 
 
 def write_outputs(gate: GateResult, records: Records) -> None:
-    from slos.report_html import render_html  # matplotlib is slow to import; only when writing
+    from slos.report_html import render_html, tell  # matplotlib is slow to import; only here
 
     run_dir = gate.run_dir
     assert gate.audit is not None
@@ -230,9 +231,10 @@ def write_outputs(gate: GateResult, records: Records) -> None:
     junit = run_dir / "junit.xml"
     junit.write_text(render_junit(gate))
     md = run_dir / "report.md"
-    md.write_text(render_markdown(gate))
+    told = tell(gate, records)
+    md.write_text(render_markdown(gate, told.markdown))
     html = run_dir / "report.html"
-    html.write_text(render_html(gate, records))
+    html.write_text(render_html(gate, records, told))
     gate.outputs.update(junit=str(junit), markdown=str(md), html=str(html))
     gate.outputs["result"] = str(run_dir / "result.json")
     write_json(run_dir / "result.json", {**gate.to_dict(), "outputs": gate.outputs})
@@ -294,8 +296,9 @@ def render_junit(gate: GateResult) -> str:
 _MARK = {PASS: "✅ pass", WARNING: "⚠️ warning", FAIL_TIER: "❌ fail", UNKNOWN: "❔ unknown"}
 
 
-def render_markdown(gate: GateResult) -> str:
-    lines = [f"### chaosbed: {gate.verdict.upper()} — {gate.run_dir.name}", "", gate.headline, ""]
+def render_markdown(gate: GateResult, plain: str | None = None) -> str:
+    lines = [f"### chaosbed: {gate.verdict.upper()} — {gate.run_dir.name}", "",
+             plain or gate.headline, ""]
     if gate.objectives:
         lines += ["| objective | measured | objective | tier | samples |",
                   "|---|---|---|---|---|"]

@@ -1,38 +1,71 @@
 """report.html: one self-contained page for a product manager — verdict first, in plain words.
 
-No network fetches: inline CSS, charts as inline base64 PNGs drawn with matplotlib's Agg canvas.
-Every chart is a `<figure data-fault-windows="N">` with one shaded band per fault window and a
-line at each apply and heal, so a browser test can check the faults are shown.
+Top to bottom: the verdict; what it means for customers (what broke, what it costs, what to look
+at next); the objectives as promises; the charts; what was tested; the comparison with the
+baseline run; and, folded, the technical detail (class ids, thresholds, samples).
+
+No network fetches: inline CSS, charts as inline base64 PNGs (see slos/report_charts.py).
+Every chart is a `<figure data-fault-windows="N">` with the fault lanes above it, so a browser
+test can check the faults are shown and their labels do not overlap.  Trace ids link to the
+run's Jaeger when the run was observed (stack.json records its URL).
 """
 
 from __future__ import annotations
 
-import base64
-import io
-import math
+from dataclasses import dataclass
 from html import escape
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
-from slos.checkers import INFO_VERDICT, INVALID, PAID_STATES, UNKNOWN, Facts, percentile
-from slos.evaluate import FAIL_TIER, JOURNEY_OPS, PASS, WARNING, FaultWindow
+from slos.audit import AuditResult
+from slos.checkers import INFO_VERDICT, INVALID, UNKNOWN, VALID, Facts
+from slos.evaluate import FAIL_TIER, PASS, WARNING, ObjectiveResult
 from slos.records import OK, Records
+from slos.report_charts import (
+    fault_params,
+    figure_html,
+    frame_of,
+    kind_legend_html,
+    lanes_html,
+    latency_draw,
+    lay_out_lanes,
+    per_second,
+    throughput_draw,
+    unpaid_draw,
+)
+from slos.report_context import RunContext, read_context
+from slos.report_impact import Exposure, exposure
+from slos.report_words import (
+    VERDICT_WORDS,
+    anomaly_changes,
+    class_words,
+    classes_of,
+    clean_sentence,
+    comparison_line,
+    fault_name,
+    headline,
+    impact_sentence,
+    load_words,
+    look_next,
+    measured,
+    promise,
+    seconds,
+    status,
+    target_name,
+    total_sentence,
+    unchecked,
+)
 
 if TYPE_CHECKING:
     from slos.gate import GateResult
 
-_COLOURS = ("#d62728", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 _TIER_CLASS = {PASS: "pass", WARNING: "warning", FAIL_TIER: "fail", UNKNOWN: "unknown",
                "error": "fail"}
-_VERDICT_WORDS = {PASS: "PASS", WARNING: "PASS WITH WARNINGS", FAIL_TIER: "FAIL",
-                  UNKNOWN: "UNKNOWN", "error": "ERROR"}
+SLOWEST_SHOWN = 3
 
 _CSS = """
+*{box-sizing:border-box}
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;
-max-width:1100px;color:#222;line-height:1.4;padding:0 1em}
+max-width:1100px;color:#222;line-height:1.45;padding:0 1em;overflow-wrap:anywhere}
 h1{font-size:1.5em;margin-bottom:.2em}h2{margin-top:1.6em;border-bottom:1px solid #ddd}
 .verdict{padding:1em 1.2em;border-radius:8px;font-size:1.15em;margin:1em 0}
 .verdict.pass{background:#e6f4ea;border:2px solid #34a853}
@@ -43,56 +76,290 @@ h1{font-size:1.5em;margin-bottom:.2em}h2{margin-top:1.6em;border-bottom:1px soli
 table{border-collapse:collapse;width:100%;font-size:.92em;margin:.5em 0}
 th,td{border:1px solid #ddd;padding:.35em .5em;text-align:left;vertical-align:top}
 th{background:#f5f5f5}td.num{text-align:right;font-variant-numeric:tabular-nums}
-.tier{font-weight:600;padding:.1em .45em;border-radius:4px}
+.tier{font-weight:600;padding:.1em .45em;border-radius:4px;white-space:nowrap}
 .tier.pass{background:#e6f4ea;color:#137333}.tier.warning{background:#fff8e1;color:#8a6d00}
 .tier.fail{background:#fde8e8;color:#a50e0e}.tier.unknown{background:#eceff1;color:#455a64}
-figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}
-figcaption{font-size:.9em;color:#555}code{font-size:.9em}
+ul.impact>li{margin:.6em 0}.look{color:#555}.examples{font-size:.9em;color:#444}
+figure{margin:1.2em 0}figure img{width:100%;display:block;border:1px solid #eee}
+figcaption{font-size:.9em;color:#555}code{font-family:ui-monospace,Menlo,Consolas,monospace;
+font-size:.9em}
+.fault-lanes{position:relative;width:100%;margin-bottom:2px}
+.lane-band{position:absolute;height:16px;opacity:.35;border-radius:2px}
+.lane-label{position:absolute;height:16px;line-height:16px;font-size:11px;padding:0 3px;
+white-space:nowrap;overflow:hidden;text-overflow:ellipsis;border-left:3px solid;color:#222}
+ul.kind-legend{list-style:none;padding:0;display:flex;flex-wrap:wrap;gap:.4em 1.2em;
+font-size:.9em}.swatch{display:inline-block;width:12px;height:12px;margin-right:.35em;
+vertical-align:-1px;border-radius:2px}
 ul.fault-windows li{margin:.15em 0}.muted{color:#666;font-size:.9em}
+dl.tested{display:grid;grid-template-columns:max-content 1fr;gap:.3em 1em}
+dl.tested dt{font-weight:600}dl.tested dd{margin:0}
+details{margin:2em 0}summary{cursor:pointer;font-weight:600}
 """
 
 
-def render_html(gate: GateResult, records: Records) -> str:
-    facts = Facts(records)
-    origin = _origin(records)
+@dataclass(slots=True)
+class Told:
+    """What the report says, computed once for report.md and report.html."""
+
+    context: RunContext
+    exposure: Exposure
+    headline: str
+    markdown: str  # the plain headline and what it means, for the PR comment
+
+
+def tell(gate: GateResult, records: Records) -> Told:
+    context = read_context(gate.run_dir)
+    exposed = exposure(gate.audit, records) if gate.audit is not None else Exposure([])
+    classes = classes_of(gate.slo.objectives) if gate.slo is not None else {}
+    text = headline(gate.verdict, gate.objectives, gate.audit, exposed, classes)
+    lines = [f"**{VERDICT_WORDS.get(gate.verdict, gate.verdict)}.** {text}"]  # the page's words
+    if exposed.impacts:
+        lines.append("")
+        lines += [f"- {impact_sentence(i)} {look_next(i.cls)}" for i in exposed.impacts]
+        lines.append(f"- {total_sentence(exposed)}")
+    return Told(context, exposed, text, "\n".join(lines))
+
+
+def render_html(gate: GateResult, records: Records, told: Told | None = None) -> str:
+    told = told or tell(gate, records)
+    context = told.context
     windows = gate.windows
+    frame = frame_of(records, windows)
+    lanes = lanes_html(lay_out_lanes(windows, frame, fault_params(records)))
+    bins = per_second(records, frame)
+    facts = Facts(records)
+    started = records.run.started or records.run.load_started
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>chaosbed report — {escape(gate.run_dir.name)}</title>",
         f"<style>{_CSS}</style></head><body>",
-        f"<h1>chaosbed report: {escape(records.run.scenario)}</h1>",
-        f'<p class="muted">run <code>{escape(gate.run_dir.name)}</code>'
-        + (f" · SLO file <code>{escape(gate.slo.name)}</code>" if gate.slo else "")
-        + (f" · planted bugs: {escape(', '.join(records.run.bugs))}" if records.run.bugs else "")
-        + "</p>",
-        _verdict(gate),
-        _objectives(gate),
+        f"<h1>Release check: {escape(records.run.scenario)}</h1>",
+        f'<p class="muted">{escape(context.started_text(started))} · run '
+        f"<code>{escape(gate.run_dir.name)}</code> · build "
+        f"<code>{escape(context.git_revision[:12])}</code></p>",
+        _verdict(gate, told),
+        _meaning(gate, records, told),
+        _promises(gate),
         "<h2>Over time</h2>",
-        _fault_legend(windows, origin),
-        _latency_chart(records, windows, origin),
-        _throughput_chart(records, windows, origin),
-        _unpaid_chart(facts, windows, origin),
-        _anomalies(gate),
-        _baseline(gate),
+        '<p>Above each chart, one lane per fault shows when it was active; in the charts, grey '
+        "marks the time any fault was active, a solid line each fault's start and a dashed "
+        "line its end. The hatched stretch is the load stopping, not a fault.</p>",
+        kind_legend_html(windows),
+        figure_html("chart-latency", "How long successful shopper steps (place order, pay, "
+                    "check status) took, second by second", windows, frame, lanes,
+                    latency_draw(bins)),
+        figure_html("chart-throughput", "Successful shopper steps a second, and the share "
+                    "that succeeded", windows, frame, lanes, throughput_draw(bins)),
+        figure_html("chart-unpaid", "Orders charged by the payment channel but not yet "
+                    "marked paid (money taken, shopper still waiting)", windows, frame, lanes,
+                    unpaid_draw(facts, frame.origin)),
+        _tested(gate, records, context),
+        _comparison(gate),
+        _technical(gate, context),
         "</body></html>",
     ]
     return "\n".join(p for p in parts if p)
 
 
-# --- sections ----------------------------------------------------------------
+# --- the product manager's sections ---------------------------------------------
 
 
-def _verdict(gate: GateResult) -> str:
+def _trace(context: RunContext, trace_id: str | None) -> str:
+    if not trace_id:
+        return ""
+    url = context.trace_url(trace_id)
+    if url is None:
+        return f"trace <code>{escape(trace_id)}</code>"
+    return f'<a class="trace" href="{escape(url)}">trace {escape(trace_id[:8])}…</a>'
+
+
+def _example(context: RunContext, e: dict[str, object]) -> str:
+    order = e.get("order_id")
+    what = f"order <code>{escape(str(order))}</code>" if order else \
+        f"product <code>{escape(str(e.get('sku')))}</code>"
+    trace = _trace(context, str(e["trace_id"]) if e.get("trace_id") else None)
+    return what + (f" ({trace})" if trace else "")
+
+
+def _verdict(gate: GateResult, told: Told) -> str:
     cls = _TIER_CLASS.get(gate.verdict, "unknown")
-    items = "".join(f"<li>{escape(p)}</li>" for p in gate.problems[:12])
     return (f'<section id="verdict" class="verdict {cls}" data-verdict="{escape(gate.verdict)}">'
-            f"<strong>{_VERDICT_WORDS.get(gate.verdict, gate.verdict)}</strong>"
-            f"<p>{escape(gate.headline)}</p>" + (f"<ul>{items}</ul>" if items else "")
+            f"<strong>{escape(VERDICT_WORDS.get(gate.verdict, gate.verdict))}</strong>"
+            f"<p>{escape(told.headline)}</p></section>")
+
+
+def _meaning(gate: GateResult, records: Records, told: Told) -> str:
+    audit = gate.audit
+    if audit is None:
+        return ""
+    items = []
+    for impact in told.exposure.impacts:
+        examples = ", ".join(_example(told.context, e) for e in impact.examples[:3])
+        items.append(
+            f'<li data-class="{escape(impact.cls)}">{escape(impact_sentence(impact))}'
+            f'<br><span class="look">{escape(look_next(impact.cls))}</span>'
+            + (f'<br><span class="examples">For example: {examples}</span>' if examples else "")
+            + "</li>")
+    for result in gate.objectives:
+        if result.tier == FAIL_TIER and result.sli == "latency":
+            slowest = _slowest(records, result.op)
+            if slowest:
+                links = ", ".join(_example(told.context, e) for e in slowest)
+                items.append(f"<li>{escape(result.name)} was missed: {escape(measured(result))}"
+                             f'.<br><span class="examples">Slowest: {links}</span></li>')
+    notes = [escape(s) for s in unchecked(audit)]
+    clean = clean_sentence(audit) if not told.exposure.impacts else ""
+    total = total_sentence(told.exposure)
+    waits = _waiting(audit)
+    body = "".join(f"<li>{n}</li>" for n in notes)
+    return ('<section id="meaning"><h2>What it means for customers</h2>'
+            + (f"<p>{escape(clean)}</p>" if clean else "")
+            + (f'<ul class="impact">{"".join(items)}{body}</ul>' if items or body else "")
+            + (f"<p><b>{escape(total)}</b></p>" if total else "")
+            + (f"<p>{escape(waits)}</p>" if waits else "")
             + "</section>")
 
 
-def _objectives(gate: GateResult) -> str:
+def _waiting(audit: AuditResult) -> str:
+    """How long paying shoppers waited to see their order paid (P11'), in words."""
+    wait = audit.checks.get("P11'")
+    if wait is None or wait.stats.get("p95") is None:
+        return ""
+    gave_up = int(wait.stats.get("gave_up") or 0)
+    text = (f"Shoppers who paid saw their order confirmed within "
+            f"{seconds(float(wait.stats['p50']))} (half of them) and "
+            f"{seconds(float(wait.stats['p95']))} (95 % of them)")
+    if gave_up:
+        text += f"; {gave_up:,} never saw it confirmed"
+    return text + "."
+
+
+def _slowest(records: Records, op: str | None) -> list[dict[str, object]]:
+    kinds = {op} if op and op != "journey" else {"place_order", "pay", "poll"}
+    timed = [o for o in records.ops
+             if o.f in kinds and o.outcome == OK and o.latency is not None]
+    timed.sort(key=lambda o: o.latency or 0.0, reverse=True)
+    return [{"order_id": o.order_id or o.key, "trace_id": o.trace_id}
+            for o in timed[:SLOWEST_SHOWN]]
+
+
+def _promises(gate: GateResult) -> str:
+    if not gate.objectives:
+        return ""
+    classes = classes_of(gate.slo.objectives) if gate.slo is not None else {}
+    rows = []
+    for r in gate.objectives:
+        tier = _TIER_CLASS.get(r.tier, "unknown")
+        must = " <b>(must hold)</b>" if r.key else ""
+        rows.append(f'<tr data-objective="{escape(r.name)}"><td>'
+                    f"{escape(promise(r, classes.get(r.name, ())))}{must}</td>"
+                    f"<td>{escape(_result_text(r))}</td>"
+                    f'<td><span class="tier {tier}">{escape(status(r))}</span></td></tr>')
+    return ('<section id="promises"><h2>What we promised, and what we measured</h2>'
+            "<table><tr><th>promise</th><th>measured</th><th>result</th></tr>"
+            + "".join(rows) + "</table></section>")
+
+
+def _result_text(r: ObjectiveResult) -> str:
+    text = measured(r)
+    return text[:1].upper() + text[1:]
+
+
+def _tested(gate: GateResult, records: Records, context: RunContext) -> str:
+    run = records.run
+    rows: list[tuple[str, str]] = []
+    scenario = escape(run.scenario)
+    if context.description:
+        scenario += f" — {escape(context.description)}"
+    rows.append(("Scenario", scenario))
+    started = run.started or run.load_started
+    rows.append(("When", escape(context.started_text(started))))
+    if run.load_started is not None and run.load_ended is not None:
+        length = f"{seconds(run.load_ended - run.load_started)} of load"
+        if run.settle_ended is not None:
+            length += (f", then {seconds(run.settle_ended - run.load_ended)} to settle before "
+                       "the audit")
+        rows.append(("Duration", escape(length)))
+    load = load_words(context.load, context.workers)
+    if load:
+        rows.append(("Load", escape(load)))
+    rows.append(("Faults", _fault_list(gate, records)))
+    build = f"<code>{escape(context.git_revision)}</code>"
+    if context.git_dirty:
+        build += " with uncommitted changes"
+    rows.append(("Build", build))
+    if run.bugs:
+        rows.append(("Planted bugs", escape(", ".join(run.bugs))))
+    if gate.slo is not None:
+        rows.append(("Objectives file", f"<code>{escape(gate.slo.name)}</code>"))
+    if context.jaeger_url:
+        rows.append(("Traces", f'<a href="{escape(context.jaeger_url)}">Jaeger</a> (the links '
+                     "work while the Jaeger of this run is still running)"))
+    else:
+        rows.append(("Traces", "not recorded (run with <code>--observe</code> to link each "
+                     "example to its trace)"))
+    body = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows)
+    return f'<section id="tested"><h2>What was tested</h2><dl class="tested">{body}</dl></section>'
+
+
+def _fault_list(gate: GateResult, records: Records) -> str:
+    windows = gate.windows
+    if not windows:
+        return '<ul class="fault-windows" data-count="0"><li>No faults were injected.</li></ul>'
+    origin = frame_of(records, windows).origin
+    params = fault_params(records)
+    items = []
+    for i, w in enumerate(windows):
+        healed = "" if w.healed else " (never healed)"
+        extra = params.get(w.step)
+        items.append(
+            f'<li data-fault="{escape(w.fault)}" data-target="{escape(w.target)}">'
+            f"#{i + 1} {escape(fault_name(w.fault))} on {escape(target_name(w.target))}"
+            + (f" ({escape(extra)})" if extra else "")
+            + f", from {seconds(max(0.0, w.start - origin))} to "
+            f"{seconds(max(0.0, w.end - origin))}{healed}</li>")
+    return (f'<ul class="fault-windows" data-count="{len(windows)}">' + "".join(items)
+            + "</ul>")
+
+
+def _comparison(gate: GateResult) -> str:
+    if gate.baseline is None:
+        return ""
+    before = gate.baseline.get("verdict")
+    lines = [f"This run: {VERDICT_WORDS.get(gate.verdict, gate.verdict)}; the baseline run: "
+             f"{VERDICT_WORDS.get(str(before), str(before)) if before else 'unknown'}."]
+    compared = [r for r in gate.objectives if r.baseline is not None]
+    changes = anomaly_changes(gate.audit, gate.baseline.get("audit"))
+    items = [comparison_line(r) for r in compared] + changes
+    worse = [r for r in compared if r.baseline and r.baseline.get("regressed")]
+    if not items:
+        items = ["Nothing could be compared: the baseline measured none of these objectives."]
+    path = escape(str(gate.baseline.get("_path")))
+    return ('<section id="comparison"><h2>Compared with the baseline run</h2>'
+            f"<p>{escape(lines[0])}"
+            + (f" {len(worse)} of {len(compared)} objectives got worse by more than allowed."
+               if compared else "")
+            + "</p><ul>" + "".join(f"<li>{escape(i)}</li>" for i in items) + "</ul>"
+            f'<p class="muted">baseline: {path}</p></section>')
+
+
+# --- technical detail, folded ----------------------------------------------------
+
+
+def _technical(gate: GateResult, context: RunContext) -> str:
+    problems = "".join(f"<li>{escape(p)}</li>" for p in gate.problems[:20])
+    return ('<details id="technical"><summary>Technical details (class ids, thresholds, '
+            "samples)</summary>"
+            f"<p>Gate: <code>{escape(gate.verdict)}</code>, exit code {gate.exit_code}. "
+            f"{escape(gate.headline)}</p>"
+            + (f"<ul>{problems}</ul>" if problems else "")
+            + _objectives_table(gate) + _anomalies_table(gate, context) + _baseline_table(gate)
+            + "</details>")
+
+
+def _objectives_table(gate: GateResult) -> str:
     if not gate.objectives:
         return ""
     rows = []
@@ -112,30 +379,13 @@ def _objectives(gate: GateResult) -> str:
             f'<td class="num">{budget}</td><td class="num">{o.samples}</td>'
             f"<td>{escape(o.reason)}</td></tr>"
         )
-    return ("<h2>Service level objectives</h2><table id=objectives><tr><th>objective</th>"
+    return ("<h3>Service level objectives</h3><table id=objectives><tr><th>objective</th>"
             "<th>what</th><th>measured</th><th>objective</th><th>result</th>"
             "<th>error budget used</th><th>samples</th><th>notes</th></tr>"
             + "".join(rows) + "</table>")
 
 
-def _fault_legend(windows: list[FaultWindow], origin: float) -> str:
-    if not windows:
-        return '<ul class="fault-windows" data-count="0"><li>No faults were injected.</li></ul>'
-    items = []
-    for i, w in enumerate(windows):
-        healed = "" if w.healed else " (never healed in the record)"
-        items.append(
-            f'<li data-fault="{escape(w.fault)}" data-target="{escape(w.target)}" '
-            f'style="border-left:12px solid {_COLOURS[i % len(_COLOURS)]};padding-left:.5em">'
-            f"#{i + 1} <b>{escape(w.fault)}</b> on <code>{escape(w.target)}</code>: "
-            f"{w.start - origin:.1f}s → {w.end - origin:.1f}s{healed}</li>"
-        )
-    return (f'<p>Shaded bands are fault windows; a solid line marks each apply, a dashed line '
-            f'each heal.</p><ul class="fault-windows" data-count="{len(windows)}">'
-            + "".join(items) + "</ul>")
-
-
-def _anomalies(gate: GateResult) -> str:
+def _anomalies_table(gate: GateResult, context: RunContext) -> str:
     if gate.audit is None:
         return ""
     rows = []
@@ -146,25 +396,22 @@ def _anomalies(gate: GateResult) -> str:
             continue
         tier = {INVALID: "fail", UNKNOWN: "unknown"}.get(c.verdict, "pass")
         examples = "".join(
-            f"<li>order <code>{escape(str(e.get('order_id') or e.get('sku')))}</code>"
-            + (f" · trace <code>{escape(str(e['trace_id']))}</code>" if e.get("trace_id") else "")
-            + f" — {escape(str(e.get('detail', '')))}</li>"
-            for e in c.examples
-        )
+            f"<li>{_example(context, e)} — {escape(str(e.get('detail', '')))}</li>"
+            for e in c.examples)
         detail = escape(c.error) if c.error else ""
         rows.append(
-            f'<tr data-class="{escape(c.cls)}"><td>{escape(c.cls)}</td><td>{escape(c.name)}</td>'
-            f'<td><span class="tier {tier}">{escape(c.verdict)}</span></td>'
-            f'<td class="num">{c.count}</td><td>{detail}<ul>{examples}</ul></td></tr>'
-        )
+            f'<tr data-class="{escape(c.cls)}"><td>{escape(c.cls)}</td><td>{escape(c.name)}'
+            f"<br><span class=muted>{escape(class_words(c.cls).noun.format(name=c.name))}"
+            f'</span></td><td><span class="tier {tier}">{escape(c.verdict)}</span></td>'
+            f'<td class="num">{c.count}</td><td>{detail}<ul>{examples}</ul></td></tr>')
     checkable = [c for c in gate.audit.checks.values() if c.verdict != INFO_VERDICT]
-    clean = sum(1 for c in checkable if c.verdict == "valid")
+    clean = sum(1 for c in checkable if c.verdict == VALID)
     lag = gate.audit.checks.get("P11")
     lag_text = ""
     if lag is not None and lag.stats.get("p99") is not None:
         lag_text = (f" Payment lag (charge → order paid): p50 {lag.stats['p50']:.2f}s, "
                     f"p99 {lag.stats['p99']:.2f}s, max {lag.stats['max']:.2f}s.")
-    head = (f"<h2>Audit: money, stock and orders</h2><p>{clean} of {len(checkable)} "
+    head = (f"<h3>Audit: money, stock and orders</h3><p>{clean} of {len(checkable)} "
             f"invariant checks found nothing wrong over {gate.audit.completed_ops} completed "
             f"operations and {gate.audit.orders} orders.{lag_text}</p>")
     if not rows:
@@ -174,7 +421,7 @@ def _anomalies(gate: GateResult) -> str:
             + "</table>")
 
 
-def _baseline(gate: GateResult) -> str:
+def _baseline_table(gate: GateResult) -> str:
     if gate.baseline is None:
         return ""
     rows = []
@@ -187,144 +434,6 @@ def _baseline(gate: GateResult) -> str:
         rows.append(f"<tr><td>{escape(o.name)}</td><td class=num>{escape(b['measured_text'])}"
                     f"</td><td class=num>{escape(o.shown)}</td><td class=num>{change}</td>"
                     f"<td>{flag}</td></tr>")
-    path = escape(str(gate.baseline.get("_path")))
-    return (f"<h2>Compared with the baseline run</h2><p class=muted>{path}</p>"
-            "<table id=baseline><tr><th>objective</th><th>baseline</th><th>this run</th>"
-            "<th>change</th><th></th></tr>" + "".join(rows) + "</table>")
-
-
-# --- charts ------------------------------------------------------------------
-
-
-def _origin(records: Records) -> float:
-    run = records.run
-    for t in (run.load_started, run.started):
-        if t is not None:
-            return t
-    starts = [op.start for op in records.ops]
-    return min(starts) if starts else 0.0
-
-
-def _figure(caption: str, windows: list[FaultWindow], origin: float,
-            draw: Any, *, chart_id: str) -> str:
-    fig = Figure(figsize=(10.5, 3.2), dpi=96)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    has_data = draw(ax)
-    if not has_data:
-        ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", color="#888")
-    _shade(ax, windows, origin)
-    ax.set_xlabel("seconds since the load started")
-    ax.grid(alpha=0.3)
-    handles, labels = ax.get_legend_handles_labels()
-    if handles:
-        ax.legend(loc="upper left", fontsize=8, framealpha=0.8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    data = base64.b64encode(buf.getvalue()).decode()
-    return (f'<figure id="{chart_id}" data-fault-windows="{len(windows)}">'
-            f'<img alt="{escape(caption)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{escape(caption)}</figcaption></figure>")
-
-
-def _shade(ax: Axes, windows: list[FaultWindow], origin: float) -> None:
-    for i, w in enumerate(windows):
-        colour = _COLOURS[i % len(_COLOURS)]
-        start, end = w.start - origin, w.end - origin
-        ax.axvspan(start, end, color=colour, alpha=0.12, lw=0)
-        ax.axvline(start, color=colour, lw=1)
-        if w.healed:
-            ax.axvline(end, color=colour, lw=1, ls="--")
-        ax.annotate(f"#{i + 1} {w.fault}@{w.target}", xy=(start, 1.0),
-                    xycoords=("data", "axes fraction"), xytext=(2, -10 - 9 * (i % 3)),
-                    textcoords="offset points", fontsize=7, color=colour)
-
-
-def _per_second(records: Records, origin: float) -> dict[int, list[tuple[float | None, bool]]]:
-    bins: dict[int, list[tuple[float | None, bool]]] = {}
-    for op in records.ops:
-        if op.f not in JOURNEY_OPS:
-            continue
-        second = int(math.floor(op.start - origin))
-        bins.setdefault(second, []).append((op.latency, op.outcome == OK))
-    return bins
-
-
-def _latency_chart(records: Records, windows: list[FaultWindow], origin: float) -> str:
-    bins = _per_second(records, origin)
-
-    def draw(ax: Axes) -> bool:
-        xs: list[int] = []
-        series: dict[int, list[float]] = {50: [], 95: [], 99: []}
-        for second in sorted(bins):
-            ok = sorted(lat * 1000 for lat, good in bins[second] if good and lat is not None)
-            if not ok:
-                continue
-            xs.append(second)
-            for p, values in series.items():
-                values.append(percentile(ok, p))
-        for p, values in series.items():
-            ax.plot(xs, values, lw=1.2, label=f"p{p}")
-        ax.set_ylabel("latency (ms)")
-        if xs:
-            ax.set_yscale("log")
-        return bool(xs)
-
-    return _figure("Latency of successful shopper operations (place order, pay, poll), per second:"
-                   " p50, p95 and p99", windows, origin, draw, chart_id="chart-latency")
-
-
-def _throughput_chart(records: Records, windows: list[FaultWindow], origin: float) -> str:
-    bins = _per_second(records, origin)
-
-    def draw(ax: Axes) -> bool:
-        seconds = sorted(bins)
-        ok = [sum(1 for _, good in bins[s] if good) for s in seconds]
-        ratio = [100.0 * n / len(bins[s]) for n, s in zip(ok, seconds, strict=True)]
-        ax.plot(seconds, ok, lw=1.2, color="#1f77b4", label="successful operations / s")
-        ax.set_ylabel("operations / s")
-        twin = ax.twinx()
-        twin.plot(seconds, ratio, lw=1.0, color="#2ca02c", label="success ratio (%)")
-        twin.set_ylabel("success ratio (%)")
-        twin.set_ylim(0, 105)
-        twin.legend(loc="upper right", fontsize=8, framealpha=0.8)
-        return bool(seconds)
-
-    return _figure("Throughput (successful operations per second) and success ratio",
-                   windows, origin, draw, chart_id="chart-throughput")
-
-
-def charged_not_paid(facts: Facts, origin: float) -> tuple[list[float], list[int]]:
-    """Step series: how many orders were charged at the channel but not yet paid in the order
-    service, from each charge until the order's t_paid (or forever)."""
-    deltas: list[tuple[float, int]] = []
-    for order_id, live in facts.charges.items():
-        t_charge = live[0].t - origin
-        deltas.append((t_charge, 1))
-        order = facts.orders.get(order_id)
-        if order is not None and order.t_paid is not None and order.status in PAID_STATES:
-            deltas.append((max(order.t_paid - origin, t_charge), -1))
-    deltas.sort()
-    xs: list[float] = []
-    ys: list[int] = []
-    level = 0
-    for t, step in deltas:
-        level += step
-        xs.append(t)
-        ys.append(level)
-    return xs, ys
-
-
-def _unpaid_chart(facts: Facts, windows: list[FaultWindow], origin: float) -> str:
-    def draw(ax: Axes) -> bool:
-        xs, ys = charged_not_paid(facts, origin)
-        if xs:
-            ax.step(xs, ys, where="post", color="#d62728", lw=1.2,
-                    label="charged but not yet paid")
-        ax.set_ylabel("orders")
-        return bool(xs)
-
-    return _figure("Orders charged by the payment channel but not yet marked paid (money taken, "
-                   "shopper still waiting)", windows, origin, draw, chart_id="chart-unpaid")
-
+    return ("<h3>Baseline, measured values</h3><table id=baseline><tr><th>objective</th>"
+            "<th>baseline</th><th>this run</th><th>change</th><th></th></tr>" + "".join(rows)
+            + "</table>")
