@@ -14,10 +14,17 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
-import httpx
-
 from services.common.http import PeerError, ServiceClient
 from services.common.settings import Settings
+
+
+class Answer(Protocol):
+    """What the clients read from a response (ServiceClient's PeerResponse; a fake's own)."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    def json(self) -> Any: ...
 
 
 class Requester(Protocol):
@@ -31,7 +38,7 @@ class Requester(Protocol):
         json: Any = None,
         content: bytes | None = None,
         headers: dict[str, str] | None = None,
-    ) -> httpx.Response: ...
+    ) -> Answer: ...
 
 
 class PeerUnavailable(Exception):
@@ -257,6 +264,12 @@ class Peers:
             ServiceClient(settings.inventory_url, timeout_s=timeout, peer="inventory"),
             ServiceClient(settings.channel_url, timeout_s=timeout, peer="channel"),
         )
+
+    async def open(self) -> None:
+        """Open the HTTP clients' pooled sessions (in the app's lifespan)."""
+        for requester in self._requesters:
+            if isinstance(requester, ServiceClient):
+                await requester.open()
 
     async def aclose(self) -> None:
         for requester in self._requesters:
