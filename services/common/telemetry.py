@@ -22,7 +22,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from typing import Any
@@ -428,6 +428,7 @@ def linked_span(
     traceparent: str | None,
     *,
     kind: SpanKind = SpanKind.CONSUMER,
+    also_linked: Iterable[str | None] = (),
     **attributes: Any,
 ) -> AbstractContextManager[Span]:
     """A new root span for background work, linked to the trace that caused it.
@@ -439,11 +440,12 @@ def linked_span(
     if not _tracing:
         return nullcontext(trace.INVALID_SPAN)
     links = []
-    if traceparent:
-        remote = propagate.extract({"traceparent": traceparent})
-        ctx = trace.get_current_span(remote).get_span_context()
-        if ctx.is_valid:
-            links.append(trace.Link(ctx))
+    for cause in (traceparent, *also_linked):  # a batch links every order it carries
+        if cause:
+            remote = propagate.extract({"traceparent": cause})
+            ctx = trace.get_current_span(remote).get_span_context()
+            if ctx.is_valid:
+                links.append(trace.Link(ctx))
     tracer = trace.get_tracer("chaosbed.workers")
     return tracer.start_as_current_span(
         name,

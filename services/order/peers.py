@@ -119,6 +119,30 @@ class InventoryPeer:
     async def confirm(self, order_id: str) -> None:
         await self._settle(order_id, "confirm")
 
+    async def confirm_many(self, order_ids: list[str]) -> dict[str, str]:
+        """TCC confirm of several orders in one call; the refused ones, with their error code.
+
+        An order the answer does not mention is neither: PeerUnavailable (retry the batch).
+        """
+        body = {"order_ids": order_ids}
+        status, answer = await _call(
+            self._requester, "inventory", "POST", "/reservations/confirm", body=body
+        )
+        if status >= 300:
+            raise _refused("inventory", status, answer)
+        results = answer.get("results")
+        if not isinstance(results, list):
+            raise PeerUnavailable("inventory: confirm batch answer lacks 'results'")
+        answered = {r.get("order_id"): r for r in results if isinstance(r, dict)}
+        missing = [order_id for order_id in order_ids if order_id not in answered]
+        if missing:
+            raise PeerUnavailable(f"inventory: confirm batch did not answer for {missing[:5]}")
+        return {
+            order_id: str(answered[order_id]["error"])
+            for order_id in order_ids
+            if answered[order_id].get("error") is not None
+        }
+
     async def cancel(self, order_id: str) -> None:
         await self._settle(order_id, "cancel")
 
