@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 
 from services.common import telemetry
+from services.common.telemetry import observe_client
 
 MAX_CONNECTIONS = 64
 # below uvicorn's 5 s keep-alive, so a pooled connection is not reused as the server drops it
@@ -104,12 +105,10 @@ class ServiceClient:
             try:
                 response = await self._send(method, path, content, carrier)
             except PeerError as exc:
-                telemetry.observe_client(self.peer, method, None, time.perf_counter() - started)
+                observe_client(self.peer, method, None, time.perf_counter() - started)
                 telemetry.client_span_failed(span, exc.__cause__ or exc)
                 raise
-            telemetry.observe_client(
-                self.peer, method, response.status_code, time.perf_counter() - started
-            )
+            observe_client(self.peer, method, response.status_code, time.perf_counter() - started)
             telemetry.client_span_answered(span, response.status_code)
             return response
 
