@@ -143,6 +143,7 @@ def create_app(settings: Settings) -> FastAPI:
             yield
             return
         send, client = http_sender(settings)
+        await client.open()
         notifier = Notifier(store, behaviour, settings, send)
         app.state.notifier = notifier
         channel.on_notification_scheduled = notifier.wake

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -129,13 +129,29 @@ class ChannelStore:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         conn.executescript(SCHEMA)
+        # notifications not (yet) acked: counted once here, then kept by every commit
+        row = conn.execute("SELECT COUNT(*) FROM notifications WHERE state != 'acked'").fetchone()
+        self._unacked = int(row[0])
+        self._unacked_uncommitted = 0
 
     @classmethod
     def open(cls, path: str) -> ChannelStore:
         return cls(storage.connect(path))
 
-    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
-        return storage.transaction(self.conn)
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One transaction; the in-memory counts follow it only once it commits."""
+        self._unacked_uncommitted = 0
+        with storage.transaction(self.conn) as conn:
+            yield conn
+        self._unacked += self._unacked_uncommitted
+        self._unacked_uncommitted = 0
+
+    def _count_unacked(self, delta: int) -> None:
+        if self.conn.in_transaction:
+            self._unacked_uncommitted += delta
+        else:
+            self._unacked += delta
 
     def close(self) -> None:
         self.conn.close()
@@ -221,6 +237,7 @@ class ChannelStore:
             " next_attempt_at, created_at) VALUES (?, ?, ?, 'pending', 0, ?, ?)",
             (notify_id, payment_id, txn_id, at, now),
         )
+        self._count_unacked(+1)
 
     def due_notifications(self, now: float, limit: int) -> list[DueNotification]:
         cur = self.conn.execute(
@@ -258,6 +275,9 @@ class ChannelStore:
     ) -> None:
         """Log every request of one attempt and move the notification on, atomically."""
         with self.transaction():
+            before = self.notification_state(notify_id)
+            if before is not None:
+                self._count_unacked((state != "acked") - (before[0] != "acked"))
             self.conn.executemany(
                 "INSERT INTO notify_log (notify_id, attempt, t, acked, status_code, forged,"
                 " forgery, duplicate, dropped, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -290,10 +310,8 @@ class ChannelStore:
         return (row["state"], row["attempt"]) if row else None
 
     def charged_not_notified(self) -> int:
-        row = self.conn.execute(
-            "SELECT COUNT(*) FROM notifications WHERE state != 'acked'"
-        ).fetchone()
-        return int(row[0])
+        """Notifications not acked (kept in memory: no query)."""
+        return self._unacked
 
     # audit export
 

@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from opentelemetry import propagate, trace
-from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind
 
 from services.channel import metrics
@@ -33,10 +31,9 @@ from services.common.forgery import FORGERY_KINDS, ForgeryKind
 from services.common.http import PeerError, ServiceClient
 from services.common.settings import Settings
 from services.common.signing import SIGNATURE_HEADER, sign
-from services.common.telemetry import log_fields
+from services.common.telemetry import continued_span, log_fields
 
 log = logging.getLogger("chaosbed.channel.notifier")
-_tracer = trace.get_tracer("chaosbed.channel.notifier")
 
 
 @dataclass(frozen=True)
@@ -212,14 +209,11 @@ class Notifier:
 
     async def attempt(self, due: DueNotification) -> None:
         """One attempt of one notification, under a span that joins the payment's trace."""
-        parent = Context()
-        if due.traceparent:
-            parent = propagate.extract({"traceparent": due.traceparent})
-        with _tracer.start_as_current_span(
+        with continued_span(
             "notify payment",
-            context=parent,
+            due.traceparent,
             kind=SpanKind.PRODUCER,
-            attributes={
+            **{
                 "chaosbed.notify_id": due.notify_id,
                 "chaosbed.payment_id": due.payment_id,
                 "chaosbed.attempt": due.attempt + 1,

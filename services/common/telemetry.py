@@ -1,13 +1,18 @@
 """The only module that knows about exporters: traces, RED metrics, JSON logs.
 
 `setup(app, service_name)` installs a lean pure-ASGI middleware (no
-BaseHTTPMiddleware, no receive/send spans) that, per request, opens one SERVER
-span from the incoming W3C `traceparent`, observes a RED histogram with the
-trace id as an exemplar, and writes one JSON access-log line inside the span.
-OTLP/HTTP export is switched on by the standard variables
+BaseHTTPMiddleware, no receive/send spans) that, per request, observes a RED
+histogram and, when tracing, opens one SERVER span from the incoming W3C
+`traceparent` whose trace id becomes the histogram's exemplar.
+
+Tracing is on when OTLP/HTTP export is configured by the standard variables
 (OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, sampler from
-OTEL_TRACES_SAMPLER); with none set, spans are still created (so trace ids reach
-logs and exemplars) but nothing is exported.
+OTEL_TRACES_SAMPLER) or a span processor is added (tests, benchmarks).  With tracing
+off no span objects exist: the incoming `traceparent` is only remembered, so stored
+records, log lines and calls to peers still carry the caller's trace id.
+
+The JSON access log writes every 5xx and failed request; CHAOSBED_ACCESS_LOG=all
+writes every request (off by default: under load it costs more than the route).
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextvars import ContextVar
 from typing import Any
 
 import prometheus_client
@@ -60,6 +66,12 @@ _UNTRACED_PATHS = frozenset(("/metrics", "/healthz"))
 _access_log = logging.getLogger("chaosbed.access")
 _service = "unknown"
 _configured = False
+_tracing = False  # spans are recorded: an exporter or an extra span processor is set up
+_log_every_request = False
+# with tracing off: the caller's W3C traceparent, passed on unchanged (as the OTel no-op API does)
+_incoming_traceparent: ContextVar[str | None] = ContextVar("incoming_traceparent", default=None)
+_NO_SPAN: AbstractContextManager[Any] = nullcontext(None)
+_client_tracer = trace.get_tracer("chaosbed.http")
 
 
 def _exporting() -> bool:
@@ -71,7 +83,7 @@ def _exporting() -> bool:
 
 def configure_tracing(service_name: str) -> None:
     """Install the global tracer provider once per process, exporting only when asked."""
-    global _configured
+    global _configured, _tracing
     if _configured:
         return
     _configured = True
@@ -81,17 +93,25 @@ def configure_tracing(service_name: str) -> None:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        _tracing = True
     trace.set_tracer_provider(provider)
 
 
 def add_span_processor(processor: SpanProcessor, service_name: str = "chaosbed") -> None:
-    """Attach an extra span processor (tests: an in-memory exporter) to the global provider."""
+    """Attach an extra span processor (tests: an in-memory exporter) and switch tracing on."""
+    global _tracing
     configure_tracing(service_name)
     provider = trace.get_tracer_provider()
     if not isinstance(provider, TracerProvider):
         kind = type(provider).__name__
         raise RuntimeError(f"the global tracer provider is {kind}, not the SDK's")
     provider.add_span_processor(processor)
+    _tracing = True
+
+
+def tracing() -> bool:
+    """True when spans are recorded (something consumes them); else no span is created."""
+    return _tracing
 
 
 class JsonLogFormatter(logging.Formatter):
@@ -113,6 +133,8 @@ class JsonLogFormatter(logging.Formatter):
         if ctx.is_valid:
             entry["trace_id"] = format(ctx.trace_id, "032x")
             entry["span_id"] = format(ctx.span_id, "016x")
+        elif (incoming := _trace_id_in(_incoming_traceparent.get())) is not None:
+            entry["trace_id"] = incoming
         extra = getattr(record, "fields", None)
         if isinstance(extra, dict):
             entry.update(extra)
@@ -122,8 +144,9 @@ class JsonLogFormatter(logging.Formatter):
 
 
 def configure_logging(service_name: str) -> None:
-    """JSON lines on stdout; CHAOSBED_LOG_LEVEL sets the level, CHAOSBED_ACCESS_LOG=0 mutes
-    the per-request access lines."""
+    """JSON lines on stdout; CHAOSBED_LOG_LEVEL sets the level, CHAOSBED_ACCESS_LOG=all adds
+    an access line for every request (by default only for 5xx and failed requests)."""
+    global _log_every_request
     # the logging docs' "Optimization" switches: no caller frame walk, no thread/process names
     logging._srcfile = None
     logging.logThreads = False
@@ -135,13 +158,32 @@ def configure_logging(service_name: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(os.environ.get("CHAOSBED_LOG_LEVEL", "INFO").upper())
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
-    access_on = os.environ.get("CHAOSBED_ACCESS_LOG", "1") not in ("0", "false", "no", "")
-    _access_log.setLevel(logging.INFO if access_on else logging.WARNING)
+    _log_every_request = _access_log_mode() == "all"
+    _access_log.setLevel(logging.INFO)
+
+
+ACCESS_LOG_MODES = ("errors", "all")
+
+
+def _access_log_mode() -> str:
+    raw = os.environ.get("CHAOSBED_ACCESS_LOG", "").strip().lower()
+    mode = {"": "errors", "1": "all", "true": "all", "0": "errors", "false": "errors"}.get(raw, raw)
+    if mode not in ACCESS_LOG_MODES:
+        expected = ", ".join(ACCESS_LOG_MODES)
+        raise ValueError(f"CHAOSBED_ACCESS_LOG={raw!r}: expected one of {expected}")
+    return mode
+
+
+def _trace_id_in(traceparent: str | None) -> str | None:
+    parts = (traceparent or "").split("-")
+    return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
 
 
 def current_trace_id() -> str | None:
     ctx = trace.get_current_span().get_span_context()
-    return format(ctx.trace_id, "032x") if ctx.is_valid else None
+    if ctx.is_valid:
+        return format(ctx.trace_id, "032x")
+    return _trace_id_in(_incoming_traceparent.get())
 
 
 def exemplar_for(span: Span | None = None) -> dict[str, str] | None:
@@ -159,13 +201,54 @@ def observe_client(peer: str, method: str, status: int | None, seconds: float) -
     """Client-side latency of one call to `peer`; status None = transport error."""
     CLIENT_REQUEST_SECONDS.labels(
         _service, peer, method, "error" if status is None else str(status)
-    ).observe(seconds, exemplar=exemplar_for())
+    ).observe(seconds, exemplar=exemplar_for() if _tracing else None)
+
+
+def client_span(peer: str, method: str, path: str) -> AbstractContextManager[Span | None]:
+    """The CLIENT span of one call to a peer, current while it runs; None when not tracing."""
+    if not _tracing:
+        return _NO_SPAN
+    return _client_tracer.start_as_current_span(
+        f"{method} {peer}",
+        kind=SpanKind.CLIENT,
+        attributes={"http.request.method": method, "url.path": path, "peer.service": peer},
+    )
+
+
+def client_span_answered(span: Span | None, status: int) -> None:
+    if span is not None:
+        span.set_attribute("http.response.status_code", status)
+        if status >= 500:
+            span.set_status(Status(StatusCode.ERROR, str(status)))
+
+
+def client_span_failed(span: Span | None, exc: BaseException) -> None:
+    if span is not None:
+        span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+
+
+def outgoing_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """`headers` plus the W3C context for a call to a peer (the current span, or the caller's
+    traceparent passed on when not tracing)."""
+    carrier = dict(headers) if headers else {}
+    if _tracing:
+        propagate.inject(carrier)
+    elif (traceparent := _incoming_traceparent.get()) is not None:
+        carrier["traceparent"] = traceparent
+    return carrier
 
 
 def _route_template(scope: Scope) -> str:
     route = scope.get("route")
     path = getattr(route, "path", None)
     return path if isinstance(path, str) else "unmatched"
+
+
+def _incoming(scope: Scope) -> str | None:
+    for name, value in scope.get("headers") or ():
+        if name == b"traceparent":
+            return value.decode("latin-1")
+    return None
 
 
 def _parent_context(scope: Scope) -> Context | None:
@@ -178,7 +261,7 @@ def _parent_context(scope: Scope) -> Context | None:
 
 
 class TelemetryMiddleware:
-    """Server span + RED metrics + access log per request, as a pure ASGI middleware.
+    """RED metrics (+ a server span when tracing) + error access log, as a pure ASGI middleware.
 
     Hand-rolled span scope (start_span + attach/detach) and cached histogram children keep
     the per-request cost low; see benchmarks/bench_overhead.py.
@@ -190,23 +273,58 @@ class TelemetryMiddleware:
         self.tracer = trace.get_tracer(f"chaosbed.{service}")
         self._latency: dict[tuple[str, str, int], Any] = {}
 
-    def _observe(self, method: str, route: str, status: int, elapsed: float, span: Span) -> None:
+    def _observe(
+        self, method: str, route: str, status: int, elapsed: float, span: Span | None
+    ) -> None:
         key = (method, route, status)
         child = self._latency.get(key)
         if child is None:
             child = self._latency[key] = REQUEST_SECONDS.labels(
                 self.service, method, route, str(status)
             )
-        child.observe(elapsed, exemplar=exemplar_for(span))
+        child.observe(elapsed, exemplar=None if span is None else exemplar_for(span))
         if status >= 500:
             REQUEST_ERRORS.labels(self.service, method, route).inc()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in _UNTRACED_PATHS:
             await self.app(scope, receive, send)
-            return
+        elif _tracing:
+            await self._traced(scope, receive, send)
+        else:
+            await self._untraced(scope, receive, send)
+
+    async def _untraced(self, scope: Scope, receive: Receive, send: Send) -> None:
+        status = 500
+        failed = False
+        started = time.perf_counter()
+        traceparent = _incoming(scope)
+        token = None if traceparent is None else _incoming_traceparent.set(traceparent)
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception:
+            failed = True
+            raise
+        finally:
+            elapsed = time.perf_counter() - started
+            route = _route_template(scope)
+            self._observe(scope["method"], route, status, elapsed, None)
+            if failed or status >= 500 or _log_every_request:
+                _log_access(scope, route, status, elapsed, failed)
+            if token is not None:
+                _incoming_traceparent.reset(token)
+
+    async def _traced(self, scope: Scope, receive: Receive, send: Send) -> None:
         method = scope["method"]
         status = 500
+        failed = False
         started = time.perf_counter()
         parent = _parent_context(scope)
         span = self.tracer.start_span(method, context=parent, kind=SpanKind.SERVER)
@@ -221,6 +339,7 @@ class TelemetryMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         except Exception as exc:
+            failed = True
             span.record_exception(exc)
             raise
         finally:
@@ -239,21 +358,26 @@ class TelemetryMiddleware:
                 if status >= 500:
                     span.set_status(Status(StatusCode.ERROR))
             self._observe(method, route, status, elapsed, span)
-            if _access_log.isEnabledFor(logging.INFO):
-                _access_log.info(
-                    "request",
-                    extra={
-                        "fields": {
-                            "method": method,
-                            "route": route,
-                            "path": scope["path"],
-                            "status": status,
-                            "duration_ms": round(elapsed * 1000, 3),
-                        }
-                    },
-                )
+            if failed or status >= 500 or _log_every_request:
+                _log_access(scope, route, status, elapsed, failed)
             context_api.detach(token)
             span.end()
+
+
+def _log_access(scope: Scope, route: str, status: int, elapsed: float, failed: bool) -> None:
+    _access_log.log(
+        logging.ERROR if failed or status >= 500 else logging.INFO,
+        "request",
+        extra={
+            "fields": {
+                "method": scope["method"],
+                "route": route,
+                "path": scope["path"],
+                "status": status,
+                "duration_ms": round(elapsed * 1000, 3),
+            }
+        },
+    )
 
 
 def metrics_response(registry: CollectorRegistry = REGISTRY) -> Response:
@@ -286,7 +410,10 @@ def setup(app: FastAPI, service_name: str) -> None:
 
 
 def current_traceparent() -> str | None:
-    """The W3C traceparent of the active span, to store with a record for later links."""
+    """The W3C traceparent of the active span (when not tracing: the caller's), to store with
+    a record for later links."""
+    if not _tracing:
+        return _incoming_traceparent.get()
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return carrier.get("traceparent")
@@ -301,19 +428,24 @@ def linked_span(
     traceparent: str | None,
     *,
     kind: SpanKind = SpanKind.CONSUMER,
+    also_linked: Iterable[str | None] = (),
     **attributes: Any,
 ) -> AbstractContextManager[Span]:
     """A new root span for background work, linked to the trace that caused it.
 
     Background workers (notifier, outbox relay, active query, reconciliation) use this so
     their work shows up connected to the order's trace without becoming its child.
+    With tracing off it is a no-op yielding the invalid span.
     """
+    if not _tracing:
+        return nullcontext(trace.INVALID_SPAN)
     links = []
-    if traceparent:
-        remote = propagate.extract({"traceparent": traceparent})
-        ctx = trace.get_current_span(remote).get_span_context()
-        if ctx.is_valid:
-            links.append(trace.Link(ctx))
+    for cause in (traceparent, *also_linked):  # a batch links every order it carries
+        if cause:
+            remote = propagate.extract({"traceparent": cause})
+            ctx = trace.get_current_span(remote).get_span_context()
+            if ctx.is_valid:
+                links.append(trace.Link(ctx))
     tracer = trace.get_tracer("chaosbed.workers")
     return tracer.start_as_current_span(
         name,
@@ -322,6 +454,27 @@ def linked_span(
         links=links,
         attributes=attributes,
     )
+
+
+@contextmanager
+def _passed_on(traceparent: str | None) -> Iterator[Span]:
+    token = _incoming_traceparent.set(traceparent)
+    try:
+        yield trace.INVALID_SPAN
+    finally:
+        _incoming_traceparent.reset(token)
+
+
+def continued_span(
+    name: str, traceparent: str | None, *, kind: SpanKind, **attributes: Any
+) -> AbstractContextManager[Span]:
+    """A span that continues the trace of a stored `traceparent` (e.g. a payment's
+    notification); with tracing off, the traceparent is passed on to peers called inside."""
+    if not _tracing:
+        return _passed_on(traceparent)
+    parent = propagate.extract({"traceparent": traceparent}) if traceparent else Context()
+    tracer = trace.get_tracer("chaosbed.workers")
+    return tracer.start_as_current_span(name, context=parent, kind=kind, attributes=attributes)
 
 
 def log_fields(**fields: Any) -> Mapping[str, Any]:

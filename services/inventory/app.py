@@ -24,6 +24,8 @@ from services.inventory import domain, metrics, workers
 from services.inventory.domain import MAX_STOCK, MAX_TTL_S
 from services.inventory.store import InventoryStore, Reservation, State, Stock
 
+MAX_CONFIRM_BATCH = 500
+
 
 def _json_integer(value: object) -> object:
     """Accept what JSON calls an integer (7 or 7.0), refuse strings and booleans."""
@@ -50,6 +52,10 @@ class ReserveRequest(_Strict):
     ttl_s: Annotated[float, Field(gt=0, le=MAX_TTL_S)] | None = None
 
 
+class ConfirmBatch(_Strict):
+    order_ids: Annotated[list[Id], Field(min_length=1, max_length=MAX_CONFIRM_BATCH)]
+
+
 class StockItem(_Strict):
     sku: Id
     qty: StockQty
@@ -72,6 +78,19 @@ class ReservationOut(BaseModel):
     @classmethod
     def of(cls, r: Reservation) -> ReservationOut:
         return cls(**r.__dict__)
+
+
+class ConfirmResult(BaseModel):
+    """One order of a confirm batch: its state, or the error code a single confirm answers."""
+
+    order_id: str
+    state: State | None = None
+    error: str | None = None
+    detail: str | None = None
+
+
+class ConfirmBatchOut(BaseModel):
+    results: list[ConfirmResult]
 
 
 class CancelOut(BaseModel):
@@ -145,6 +164,26 @@ def create_app(settings: Settings, *, seed_stock: Mapping[str, int] | None = Non
         else:
             reservation = domain.try_reserve(store, body.order_id, body.sku, body.qty, ttl_s=ttl_s)
         return ReservationOut.of(reservation)
+
+    @app.post(
+        "/reservations/confirm",
+        response_model=ConfirmBatchOut,
+        responses=error_responses(413, 422),
+        tags=["tcc"],
+    )
+    async def confirm_batch(body: ConfirmBatch) -> ConfirmBatchOut:
+        """TCC confirm of several orders in one transaction, idempotent per order; each
+        result is the reservation's state or the error a single confirm would answer."""
+        results = []
+        for order_id, outcome in zip(
+            body.order_ids, domain.confirm_many(store, body.order_ids), strict=True
+        ):
+            if isinstance(outcome, domain.InventoryError):
+                code = outcome.code
+                results.append(ConfirmResult(order_id=order_id, error=code, detail=str(outcome)))
+            else:
+                results.append(ConfirmResult(order_id=order_id, state=outcome.state))
+        return ConfirmBatchOut(results=results)
 
     @app.post(
         "/reservations/{order_id}/confirm",

@@ -211,17 +211,37 @@ def confirm(store: InventoryStore, order_id: str, *, now: float | None = None) -
     """TCC confirm: the reserved stock is sold.  Idempotent."""
     t = _clock(now)
     with store.transaction():
-        existing = store.reservation(order_id)
-        if existing is None:
-            if store.tombstone(order_id) is not None:
-                raise ReservationCancelled(order_id, before_try=True)
-            raise UnknownReservation(order_id)
-        if existing.state is State.CANCELLED:
-            raise ReservationCancelled(order_id, before_try=False)
-        if existing.state is State.TRY:
-            store.finish_try(order_id, State.CONFIRMED, t)
-        store.add_event(order_id, EventKind.CONFIRM, t, 0)
-        confirmed = store.reservation(order_id)
+        return _confirm(store, order_id, t)
+
+
+def confirm_many(
+    store: InventoryStore, order_ids: list[str], *, now: float | None = None
+) -> list[Reservation | InventoryError]:
+    """TCC confirm of each order, in one transaction: per order the confirmed reservation
+    or the refusal `confirm` would raise (a refusal writes nothing, so others still commit)."""
+    t = _clock(now)
+    outcomes: list[Reservation | InventoryError] = []
+    with store.transaction():
+        for order_id in order_ids:
+            try:
+                outcomes.append(_confirm(store, order_id, t))
+            except InventoryError as exc:
+                outcomes.append(exc)
+    return outcomes
+
+
+def _confirm(store: InventoryStore, order_id: str, t: float) -> Reservation:
+    existing = store.reservation(order_id)
+    if existing is None:
+        if store.tombstone(order_id) is not None:
+            raise ReservationCancelled(order_id, before_try=True)
+        raise UnknownReservation(order_id)
+    if existing.state is State.CANCELLED:
+        raise ReservationCancelled(order_id, before_try=False)
+    if existing.state is State.TRY:
+        store.finish_try(order_id, State.CONFIRMED, t)
+    store.add_event(order_id, EventKind.CONFIRM, t, 0)
+    confirmed = store.reservation(order_id)
     assert confirmed is not None
     return confirmed
 

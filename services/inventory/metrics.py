@@ -28,7 +28,7 @@ def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
 
 
 class InventoryCollector(Collector):
-    """Reads the gauges from the store at scrape time: two small indexed queries."""
+    """Reads the gauges from the store at scrape time: the stock rows and in-memory counts."""
 
     def __init__(self) -> None:
         self.store: InventoryStore | None = None

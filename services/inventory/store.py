@@ -7,8 +7,9 @@ the event-loop thread gives serialisable transactions (see services.common.stora
 from __future__ import annotations
 
 import sqlite3
+from collections import Counter
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
@@ -103,13 +104,29 @@ class InventoryStore:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         conn.executescript(SCHEMA)
+        # reservations per state: counted once here, then kept by every commit
+        query = "SELECT state, COUNT(*) AS n FROM reservations GROUP BY state"
+        self._by_state: Counter[State] = Counter(
+            {State(row["state"]): row["n"] for row in conn.execute(query)}
+        )
+        self._uncommitted: Counter[State] = Counter()
 
     @classmethod
     def open(cls, path: str) -> InventoryStore:
         return cls(storage.connect(path))
 
-    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
-        return storage.transaction(self.conn)
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One transaction; the in-memory counts follow it only once it commits."""
+        self._uncommitted.clear()
+        with storage.transaction(self.conn) as conn:
+            yield conn
+        self._by_state.update(self._uncommitted)
+        self._uncommitted.clear()
+
+    def _count(self, state: State, delta: int) -> None:
+        target = self._uncommitted if self.conn.in_transaction else self._by_state
+        target[state] += delta
 
     def close(self) -> None:
         self.conn.close()
@@ -172,6 +189,7 @@ class InventoryStore:
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (r.order_id, r.sku, r.qty, r.state.value, r.t_try, r.t_end, r.ttl, r.cancel_reason),
         )
+        self._count(r.state, +1)
 
     def finish_try(
         self, order_id: str, state: State, t_end: float, cancel_reason: str | None = None
@@ -182,7 +200,11 @@ class InventoryStore:
             "WHERE order_id = ? AND state = ?",
             (state.value, t_end, cancel_reason, order_id, State.TRY.value),
         )
-        return cursor.rowcount == 1
+        if cursor.rowcount != 1:
+            return False
+        self._count(State.TRY, -1)
+        self._count(state, +1)
+        return True
 
     def expired_tries(self, now: float, limit: int) -> list[Reservation]:
         cursor = self.conn.execute(
@@ -192,11 +214,8 @@ class InventoryStore:
         return [_reservation(r) for r in cursor]
 
     def count_by_state(self) -> dict[State, int]:
-        counts = dict.fromkeys(State, 0)
-        query = "SELECT state, COUNT(*) AS n FROM reservations GROUP BY state"
-        for row in self.conn.execute(query):
-            counts[State(row["state"])] = row["n"]
-        return counts
+        """Reservations per state (kept in memory: no query)."""
+        return {state: self._by_state[state] for state in State}
 
     # tombstones and events
 

@@ -84,6 +84,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if own_peers:
+            await service.peers.open()
         tasks = workers.start(service) if run_workers else []
         try:
             yield

@@ -16,7 +16,7 @@ import logging
 import math
 import re
 import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -31,6 +31,7 @@ from services.common.settings import Settings
 from services.common.telemetry import current_traceparent
 from services.order import metrics
 from services.order.peers import (
+    Bill,
     BillEntry,
     Payment,
     PaymentStatus,
@@ -754,6 +755,31 @@ class OrderService:
             if item.kind == "confirm":
                 tx.set_final(item.order_id)
 
+    async def deliver_confirms(self, items: Sequence[OutboxItem]) -> None:
+        """Deliver confirm rows in one batch call; each row settles as `deliver` would."""
+        order_ids = list(dict.fromkeys(item.order_id for item in items))
+        try:
+            refusals = await self.peers.inventory.confirm_many(order_ids)
+        except (PeerUnavailable, PeerRefused) as exc:
+            # a refusal of the whole batch is no answer about any one order: retry them all
+            level = logging.ERROR if isinstance(exc, PeerRefused) else logging.INFO
+            log.log(level, "outbox confirm batch of %d will retry: %s", len(items), exc)
+            tick = self.settings.worker_tick_s
+            with self.store.transaction() as tx:
+                for item in items:
+                    tx.outbox_retry(item.id, tx.t + outbox_backoff_s(item.attempts, tick))
+            return
+        with self.store.transaction() as tx:
+            for item in items:
+                if item.order_id not in refusals:
+                    tx.outbox_delivered(item.id)
+                    tx.set_final(item.order_id)
+                    continue
+                code = refusals[item.order_id]
+                log.error("outbox %s confirm for %s refused: %s", item.id, item.order_id, code)
+                tx.outbox_failed(item.id, code)
+                tx.add_flag(item.order_id, f"confirm_failed:{code}")
+
     # 8. reconciliation -----------------------------------------------------------------
 
     async def reconcile(self) -> None:
@@ -763,10 +789,7 @@ class OrderService:
         reached_end = False
         for _ in range(BILL_PAGES_PER_SWEEP):
             bill = await self.peers.channel.bill(cursor, BILL_PAGE)
-            for entry in bill.entries:
-                self._reconcile_charge(entry)
-            with self.store.transaction() as tx:
-                tx.save_cursor(bill.next_cursor)
+            self._reconcile_page(bill)
             if not bill.entries or bill.next_cursor == cursor or len(bill.entries) < BILL_PAGE:
                 reached_end = True
                 break
@@ -774,26 +797,38 @@ class OrderService:
         if reached_end:
             self._flag_unfunded(paid_before=started)
 
-    def _reconcile_charge(self, entry: BillEntry) -> None:
-        if entry.kind != "charge":
-            return
+    def _reconcile_page(self, bill: Bill) -> None:
+        """Record a page's charges, repair what they reveal and move the cursor in one
+        transaction, so a crash re-reads the whole page."""
+        charges = [entry for entry in bill.entries if entry.kind == "charge"]
+        repairs: list[str] = []
+        refunds: list[str] = []
         with self.store.transaction() as tx:
-            tx.add_bill_charge(
-                txn_id=entry.txn_id,
-                payment_id=entry.payment_id,
-                merchant_order_id=entry.merchant_order_id,
-                amount=entry.amount,
-                t=entry.t,
+            tx.add_bill_charges(
+                [(e.txn_id, e.payment_id, e.merchant_order_id, e.amount, e.t) for e in charges]
             )
-        order = self.store.get(entry.merchant_order_id)
+            for entry in charges:
+                repair, refund_reason = self._reconcile_charge(tx, entry)
+                if repair is not None:
+                    repairs.append(repair)
+                if refund_reason is not None:
+                    refunds.append(refund_reason)
+            tx.save_cursor(bill.next_cursor)
+        for repair in repairs:
+            metrics.RECONCILIATION_REPAIRS.labels(repair).inc()
+        for reason in refunds:
+            metrics.REFUNDS.labels(reason).inc()
+
+    def _reconcile_charge(self, tx: Tx, entry: BillEntry) -> tuple[str | None, str | None]:
+        """(repair made, refund reason) for one billed charge, inside the page's transaction."""
+        order = tx.order(entry.merchant_order_id)
         if order is None:
             log.error("bill charge %s for unknown order %s", entry.txn_id, entry.merchant_order_id)
-            metrics.RECONCILIATION_REPAIRS.labels("unknown_charge").inc()
-            return
+            return "unknown_charge", None
         if order.status == Status.CREATED:
-            return  # the resumer moves it on; active query then completes it
+            return None, None  # the resumer moves it on; active query then completes it
         if order.status == Status.PAID and order.txn_id == entry.txn_id:
-            return
+            return None, None
         event = PaymentEvent(
             order_id=order.order_id,
             payment_id=entry.payment_id,
@@ -802,21 +837,28 @@ class OrderService:
             cause=Cause.RECONCILE,
         )
         try:
-            outcome = self.settle(event)
+            # refuses before it writes anything, so the page's transaction stays whole
+            outcome, refund_reason = self._settle(tx, event)
         except NotificationRefused as exc:
             log.error("bill charge %s does not fit order %s: %s", entry.txn_id, order.order_id, exc)
-            metrics.RECONCILIATION_REPAIRS.labels(exc.code).inc()
-            self._flag(order.order_id, f"bill_{exc.code}")
-            return
-        if outcome is Settlement.PAID:
-            metrics.RECONCILIATION_REPAIRS.labels("completed").inc()
-        elif outcome is Settlement.REFUND:
-            metrics.RECONCILIATION_REPAIRS.labels("refunded").inc()
+            tx.add_flag(order.order_id, f"bill_{exc.code}")
+            return exc.code, None
+        repair = {Settlement.PAID: "completed", Settlement.REFUND: "refunded"}.get(outcome)
+        return repair, refund_reason
 
     def _flag_unfunded(self, *, paid_before: float) -> None:
-        """Paid orders whose charge is not in a bill fetched after they were paid."""
-        for order in self.store.paid_without_bill_charge(paid_before):
-            with self.store.transaction() as tx:
+        """Paid orders whose charge is not in a bill fetched after they were paid.
+
+        Each order is checked once: the watermark moves past every order paid before this
+        sweep (billed, or flagged now), so the cost follows new payments, not history.
+        """
+        since = self.store.unfunded_checked_until()
+        flagged = 0
+        with self.store.transaction() as tx:
+            for order in self.store.paid_without_bill_charge(since, paid_before):
                 if tx.add_flag(order.order_id, "unfunded"):
                     log.error("order %s is PAID but the channel billed no charge", order.order_id)
-                    metrics.RECONCILIATION_REPAIRS.labels("unfunded").inc()
+                    flagged += 1
+            tx.unfunded_checked(paid_before)
+        if flagged:
+            metrics.RECONCILIATION_REPAIRS.labels("unfunded").inc(flagged)

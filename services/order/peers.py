@@ -14,10 +14,17 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
-import httpx
-
 from services.common.http import PeerError, ServiceClient
 from services.common.settings import Settings
+
+
+class Answer(Protocol):
+    """What the clients read from a response (ServiceClient's PeerResponse; a fake's own)."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    def json(self) -> Any: ...
 
 
 class Requester(Protocol):
@@ -31,7 +38,7 @@ class Requester(Protocol):
         json: Any = None,
         content: bytes | None = None,
         headers: dict[str, str] | None = None,
-    ) -> httpx.Response: ...
+    ) -> Answer: ...
 
 
 class PeerUnavailable(Exception):
@@ -111,6 +118,30 @@ class InventoryPeer:
 
     async def confirm(self, order_id: str) -> None:
         await self._settle(order_id, "confirm")
+
+    async def confirm_many(self, order_ids: list[str]) -> dict[str, str]:
+        """TCC confirm of several orders in one call; the refused ones, with their error code.
+
+        An order the answer does not mention is neither: PeerUnavailable (retry the batch).
+        """
+        body = {"order_ids": order_ids}
+        status, answer = await _call(
+            self._requester, "inventory", "POST", "/reservations/confirm", body=body
+        )
+        if status >= 300:
+            raise _refused("inventory", status, answer)
+        results = answer.get("results")
+        if not isinstance(results, list):
+            raise PeerUnavailable("inventory: confirm batch answer lacks 'results'")
+        answered = {r.get("order_id"): r for r in results if isinstance(r, dict)}
+        missing = [order_id for order_id in order_ids if order_id not in answered]
+        if missing:
+            raise PeerUnavailable(f"inventory: confirm batch did not answer for {missing[:5]}")
+        return {
+            order_id: str(answered[order_id]["error"])
+            for order_id in order_ids
+            if answered[order_id].get("error") is not None
+        }
 
     async def cancel(self, order_id: str) -> None:
         await self._settle(order_id, "cancel")
@@ -257,6 +288,12 @@ class Peers:
             ServiceClient(settings.inventory_url, timeout_s=timeout, peer="inventory"),
             ServiceClient(settings.channel_url, timeout_s=timeout, peer="channel"),
         )
+
+    async def open(self) -> None:
+        """Open the HTTP clients' pooled sessions (in the app's lifespan)."""
+        for requester in self._requesters:
+            if isinstance(requester, ServiceClient):
+                await requester.open()
 
     async def aclose(self) -> None:
         for requester in self._requesters:

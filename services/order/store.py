@@ -8,6 +8,7 @@ transaction see committed data only.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ CREATE TABLE IF NOT EXISTS orders (
     next_check_at   REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS orders_by_status ON orders(status, created_at);
+-- reconciliation reads only orders paid after its watermark
+CREATE INDEX IF NOT EXISTS orders_by_paid ON orders(status, t_paid);
 CREATE TABLE IF NOT EXISTS transitions (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     order_id    TEXT NOT NULL,
@@ -93,6 +96,8 @@ CREATE TABLE IF NOT EXISTS receipts (
     outcome   TEXT NOT NULL,
     t         REAL NOT NULL
 );
+-- cursor: the last bill seq applied; swept_at: orders paid up to then were checked
+-- against the bill (billed or flagged unfunded), so later sweeps skip them
 CREATE TABLE IF NOT EXISTS recon_cursor (
     id        INTEGER PRIMARY KEY CHECK (id = 1),
     cursor    INTEGER NOT NULL,
@@ -177,7 +182,8 @@ class Tx:
     def __init__(self, conn: Any, t: float) -> None:
         self.conn = conn
         self.t = t
-        self.entered: list[str] = []  # states entered, counted after commit
+        self.moves: list[tuple[str | None, str]] = []  # (from, to), counted after commit
+        self.outbox_written = False
 
     def order(self, order_id: str) -> Order | None:
         row = self.conn.execute("SELECT * FROM orders WHERE order_id=?", (order_id,)).fetchone()
@@ -242,7 +248,7 @@ class Tx:
             " VALUES (?,?,?,?,?)",
             (order_id, from_status, to, self.t, cause),
         )
-        self.entered.append(to)
+        self.moves.append((from_status, to))
 
     def set_payment(self, order_id: str, payment_id: str) -> None:
         self.conn.execute(
@@ -309,6 +315,7 @@ class Tx:
             " VALUES (?,?,?,?,?)",
             (order_id, kind, json.dumps(payload or {}), self.t, self.t),
         )
+        self.outbox_written = True
 
     def add_refund(
         self,
@@ -342,6 +349,14 @@ class Tx:
             "UPDATE outbox SET delivered_at=?, attempts=attempts+1 WHERE id=?", (self.t, item_id)
         )
 
+    def add_bill_charges(self, charges: Sequence[tuple[str, str, str, int, float]]) -> None:
+        """(txn_id, payment_id, merchant_order_id, amount, t) rows of one bill page."""
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO bill_charges (txn_id, payment_id, merchant_order_id, amount, t)"
+            " VALUES (?,?,?,?,?)",
+            charges,
+        )
+
     def outbox_retry(self, item_id: int, next_attempt_at: float) -> None:
         self.conn.execute(
             "UPDATE outbox SET attempts=attempts+1, next_attempt_at=? WHERE id=?",
@@ -360,15 +375,6 @@ class Tx:
             "UPDATE orders SET t_final=COALESCE(t_final, ?) WHERE order_id=?", (self.t, order_id)
         )
 
-    def add_bill_charge(
-        self, *, txn_id: str, payment_id: str, merchant_order_id: str, amount: int, t: float
-    ) -> None:
-        self.conn.execute(
-            "INSERT OR IGNORE INTO bill_charges (txn_id, payment_id, merchant_order_id, amount, t)"
-            " VALUES (?,?,?,?,?)",
-            (txn_id, payment_id, merchant_order_id, amount, t),
-        )
-
     def save_cursor(self, cursor: int, *, swept_at: float | None = None) -> None:
         self.conn.execute(
             "INSERT INTO recon_cursor (id, cursor, swept_at) VALUES (1, ?, ?)"
@@ -376,6 +382,10 @@ class Tx:
             " swept_at=COALESCE(excluded.swept_at, recon_cursor.swept_at)",
             (cursor, swept_at),
         )
+
+    def unfunded_checked(self, until: float) -> None:
+        """Orders paid up to `until` have been checked against the bill."""
+        self.conn.execute("UPDATE recon_cursor SET swept_at=? WHERE id=1", (until,))
 
 
 def _inbox_entry(row: Any) -> InboxEntry:
@@ -447,6 +457,10 @@ class OrderStore:
         self.conn = storage.connect(path)
         self.conn.executescript(SCHEMA)
         self._on_transition = on_transition
+        self.on_outbox_written: Callable[[], None] = lambda: None
+        # orders per state, counted once here and then kept by every committed transition
+        rows = self.conn.execute("SELECT status, COUNT(*) AS n FROM orders GROUP BY status")
+        self._by_state: Counter[str] = Counter({r["status"]: r["n"] for r in rows.fetchall()})
 
     def close(self) -> None:
         self.conn.close()
@@ -457,9 +471,14 @@ class OrderStore:
         tx = Tx(self.conn, storage.now())
         with storage.transaction(self.conn):
             yield tx
-        if self._on_transition is not None:
-            for state in tx.entered:
+        for before, state in tx.moves:
+            if before is not None:
+                self._by_state[before] -= 1
+            self._by_state[state] += 1
+            if self._on_transition is not None:
                 self._on_transition(state)
+        if tx.outbox_written:
+            self.on_outbox_written()
 
     # reads -------------------------------------------------------------------------------
 
@@ -487,12 +506,24 @@ class OrderStore:
             params.append(due_at)
         return self._orders(sql + " ORDER BY created_at LIMIT ?", [*params, limit])
 
-    def paid_without_bill_charge(self, paid_before: float) -> list[Order]:
+    def paid_without_bill_charge(self, paid_after: float, paid_before: float) -> list[Order]:
+        """PAID orders paid in (paid_after, paid_before] whose charge is in no fetched bill."""
         return self._orders(
-            "SELECT * FROM orders WHERE status='PAID' AND t_paid<=? AND NOT EXISTS"
+            "SELECT * FROM orders WHERE status='PAID' AND t_paid>? AND t_paid<=? AND NOT EXISTS"
             " (SELECT 1 FROM bill_charges b WHERE b.txn_id=orders.txn_id)",
-            (paid_before,),
+            (paid_after, paid_before),
         )
+
+    def unfunded_checked_until(self) -> float:
+        row = self.conn.execute("SELECT swept_at FROM recon_cursor WHERE id=1").fetchone()
+        return 0.0 if row is None or row["swept_at"] is None else float(row["swept_at"])
+
+    def next_outbox_attempt_at(self) -> float | None:
+        row = self.conn.execute(
+            "SELECT MIN(next_attempt_at) AS t FROM outbox"
+            " WHERE delivered_at IS NULL AND failed_reason IS NULL"
+        ).fetchone()
+        return None if row["t"] is None else float(row["t"])
 
     def due_outbox(self, now: float, limit: int) -> list[OutboxItem]:
         rows = self.conn.execute(
@@ -518,8 +549,8 @@ class OrderStore:
         return 0 if row is None else int(row["cursor"])
 
     def count_by_state(self) -> dict[str, int]:
-        rows = self.conn.execute("SELECT status, COUNT(*) AS n FROM orders GROUP BY status")
-        return {r["status"]: r["n"] for r in rows.fetchall()}
+        """Orders per state (kept in memory: no query)."""
+        return {state: n for state, n in self._by_state.items() if n}
 
     def outbox_backlog(self, now: float) -> tuple[int, float]:
         """(rows not delivered and not given up, age in seconds of the oldest of them)."""

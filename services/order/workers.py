@@ -1,8 +1,10 @@
 """Background loops of the order service: outbox relay, order sweeper, reconciliation.
 
-Each loop runs one pass every tick; a pass that raises is logged and the loop goes
-on.  Each unit of work runs in a span linked to the order's stored trace.  The
-`*_once` functions are the passes themselves, called directly by the tests.
+The sweeper and reconciliation run one pass per period; the relay runs a pass as soon
+as an outbox row is committed (or a retry falls due), at most a tick apart when idle.  A
+pass that raises is logged and the loop goes on.  Each unit of work runs in a span linked
+to the order's stored trace.  The `*_once` functions are the passes themselves, called
+directly by the tests.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from services.common.telemetry import linked_span
 from services.order import metrics
 from services.order.domain import OrderService
 from services.order.peers import PeerUnavailable
-from services.order.store import Order
+from services.order.store import Order, OutboxItem
 
 log = logging.getLogger("chaosbed.order.workers")
 
 BATCH = 200
+CONFIRM_BATCH = 100  # confirms per call to inventory's batch endpoint
 CONCURRENCY = 16
 
 
@@ -40,11 +43,11 @@ async def _each(items: Iterable[Order], work: Callable[[Order], Awaitable[None]]
 
 
 async def relay_outbox_once(service: OrderService) -> None:
-    """Deliver every due outbox row (confirm / cancel to inventory, refund to channel)."""
+    """Deliver every due outbox row: confirms to inventory in batches, each cancel (to
+    inventory) and refund (to channel) on its own."""
     gate = asyncio.Semaphore(CONCURRENCY)
 
-    async def one(item_id: int) -> None:
-        item = by_id[item_id]
+    async def one(item: OutboxItem) -> None:
         async with gate:
             with linked_span(
                 f"outbox {item.kind}", item.traceparent, order_id=item.order_id, outbox_id=item.id
@@ -54,9 +57,51 @@ async def relay_outbox_once(service: OrderService) -> None:
                 except Exception:
                     log.exception("outbox %s: delivery failed", item.id)
 
-    by_id = {item.id: item for item in service.store.due_outbox(storage.now(), BATCH)}
-    await asyncio.gather(*(one(item_id) for item_id in by_id))
+    async def confirms(batch: list[OutboxItem]) -> None:
+        async with gate:
+            with linked_span(
+                "outbox confirm",
+                batch[0].traceparent,
+                also_linked=[item.traceparent for item in batch[1:]],
+                orders=len(batch),
+            ):
+                try:
+                    await service.deliver_confirms(batch)
+                except Exception:
+                    log.exception("outbox confirm batch of %d: delivery failed", len(batch))
+
+    due = service.store.due_outbox(storage.now(), BATCH)
+    confirm_rows = [item for item in due if item.kind == "confirm"]
+    batches = [
+        confirm_rows[i : i + CONFIRM_BATCH] for i in range(0, len(confirm_rows), CONFIRM_BATCH)
+    ]
+    others = [item for item in due if item.kind != "confirm"]
+    await asyncio.gather(*(confirms(b) for b in batches), *(one(item) for item in others))
     observe_backlog(service)
+
+
+async def relay_forever(service: OrderService) -> None:
+    """Run a relay pass whenever an outbox row is committed, a retry falls due, or a tick
+    has passed (so the backlog gauges stay fresh)."""
+    wake = asyncio.Event()
+    service.store.on_outbox_written = wake.set
+    tick = service.settings.worker_tick_s
+    try:
+        while True:
+            wake.clear()
+            try:
+                await relay_outbox_once(service)
+                next_at = service.store.next_outbox_attempt_at()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("worker outbox: pass failed, continuing")
+                next_at = None
+            wait = tick if next_at is None else min(tick, max(next_at - storage.now(), 0.0))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout=wait)
+    finally:
+        service.store.on_outbox_written = lambda: None
 
 
 def observe_backlog(service: OrderService) -> None:
@@ -115,10 +160,7 @@ async def _every(name: str, period_s: float, one_pass: Callable[[], Awaitable[No
 def start(service: OrderService) -> list[asyncio.Task[None]]:
     """Start the loops (in the app's lifespan); cancel the returned tasks to stop them."""
     tick = service.settings.worker_tick_s
-    loops = [
-        _every("outbox", tick, lambda: relay_outbox_once(service)),
-        _every("orders", tick, lambda: sweep_orders_once(service)),
-    ]
+    loops = [relay_forever(service), _every("orders", tick, lambda: sweep_orders_once(service))]
     if not service.settings.bug("no-active-query"):
         period = service.settings.reconcile_every_s
         loops.append(_every("reconcile", period, lambda: reconcile_once(service)))

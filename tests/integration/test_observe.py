@@ -43,7 +43,11 @@ LOAD = {
     "max_poll": "5s",
 }
 LOAD_SECONDS = 60.0  # upper bound; the test stops Locust as soon as it has what it needs
-SERVICE_TIMINGS = {"CHAOSBED_QUERY_AFTER_S": "2", "CHAOSBED_RECONCILE_EVERY_S": "2"}
+SERVICE_TIMINGS = {
+    "CHAOSBED_QUERY_AFTER_S": "2",
+    "CHAOSBED_RECONCILE_EVERY_S": "2",
+    "CHAOSBED_ACCESS_LOG": "all",  # by default only failed requests are logged
+}
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from services.common.settings import Settings
 from services.inventory import domain, workers
 from services.inventory.app import create_app
-from services.inventory.store import InventoryStore, State
+from services.inventory.store import InventoryStore, Reservation, State
 
 ADMIN = {"Authorization": "Bearer test-admin-token"}
 
@@ -321,6 +321,46 @@ def test_http_tcc_round_trip(db_path: str) -> None:
 
     refused = client.post("/reservations/o1/cancel")
     assert (refused.status_code, refused.json()["error"]) == (409, "reservation_confirmed")
+
+
+def test_confirm_many_settles_each_order_in_one_transaction(store: InventoryStore) -> None:
+    domain.try_reserve(store, "o1", "sku-1", 2, ttl_s=30)
+    domain.try_reserve(store, "o2", "sku-1", 1, ttl_s=30)
+    domain.cancel(store, "o2")
+    domain.cancel(store, "o3")  # tombstone
+    begins: list[str] = []
+    store.conn.set_trace_callback(lambda sql: begins.append(sql) if "BEGIN" in sql else None)
+    outcomes = domain.confirm_many(store, ["o1", "o2", "o3", "o4", "o1"])
+    store.conn.set_trace_callback(None)
+    assert len(begins) == 1
+    kinds = [o.state if isinstance(o, Reservation) else type(o).__name__ for o in outcomes]
+    assert kinds == [
+        State.CONFIRMED, "ReservationCancelled", "ReservationCancelled", "UnknownReservation",
+        State.CONFIRMED,
+    ]  # fmt: skip
+    assert events(store, "o1") == [("try", -2), ("confirm", 0), ("confirm", 0)]
+    assert available(store) == 8  # confirmed stock stays sold, the cancelled unit came back
+
+
+def test_http_confirm_batch_answers_per_order(db_path: str) -> None:
+    with TestClient(app_with_stock(db_path)) as client:
+        for order_id in ("o1", "o2"):
+            body = {"order_id": order_id, "sku": "sku-1", "qty": 1}
+            assert client.post("/reservations", json=body).status_code == 200
+        assert client.post("/reservations/o2/cancel").status_code == 200
+        answer = client.post("/reservations/confirm", json={"order_ids": ["o1", "o2", "o9"]})
+        assert answer.status_code == 200
+        results = answer.json()["results"]
+        assert [(r["order_id"], r["state"], r["error"]) for r in results] == [
+            ("o1", "CONFIRMED", None),
+            ("o2", None, "reservation_cancelled"),
+            ("o9", None, "unknown_reservation"),
+        ]
+        again = client.post("/reservations/confirm", json={"order_ids": ["o1"]})
+        assert again.json()["results"][0]["state"] == "CONFIRMED"  # idempotent
+        assert client.get("/reservations/o1").json()["state"] == "CONFIRMED"
+        empty = client.post("/reservations/confirm", json={"order_ids": []})
+        assert empty.status_code == 422 and empty.json()["fields"][0]["field"] == "order_ids"
 
 
 @pytest.mark.parametrize(

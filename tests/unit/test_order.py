@@ -7,6 +7,7 @@ Workers are driven by calling their single passes directly.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import random
@@ -50,6 +51,7 @@ class FakeInventory:
         self.available = dict(stock)
         self.reservations: dict[str, dict[str, Any]] = {}
         self.tombstones: set[str] = set()
+        self.confirm_batches: list[list[str]] = []
         self.app = FastAPI()
         app = self.app
 
@@ -72,6 +74,21 @@ class FakeInventory:
                 "state": "TRY",
             }
             return self.reservations[order_id]
+
+        @app.post("/reservations/confirm")
+        async def confirm_batch(body: dict[str, Any]) -> Any:
+            self.confirm_batches.append(list(body["order_ids"]))
+            results = []
+            for order_id in body["order_ids"]:
+                reservation = self.reservations.get(order_id)
+                if reservation is None:
+                    results.append({"order_id": order_id, "error": "unknown_reservation"})
+                elif reservation["state"] == "CANCELLED":
+                    results.append({"order_id": order_id, "error": "reservation_cancelled"})
+                else:
+                    reservation["state"] = "CONFIRMED"
+                    results.append({"order_id": order_id, "state": "CONFIRMED"})
+            return {"results": results}
 
         @app.post("/reservations/{order_id}/confirm")
         async def confirm(order_id: str) -> Any:
@@ -713,6 +730,73 @@ async def test_confirm_of_a_released_reservation_is_flagged_not_retried(shop: Sh
     assert row["failed_reason"] == "reservation_cancelled"
     assert "confirm_failed:reservation_cancelled" in shop.order(order["order_id"])["flags"]
     assert shop.service.store.due_outbox(time.time() + 60, 10) == []
+
+
+async def test_relay_confirms_paid_orders_in_one_batch_each_row_on_its_own(shop: Shop) -> None:
+    paid = [await shop.placed(f"k-{i}") for i in range(3)]
+    for order in paid:
+        shop.channel.pay(order["payment_id"])
+        await shop.notify(order, notify_id=f"n-{order['order_id']}")
+    released = paid[1]["order_id"]
+    shop.inventory.reservations[released]["state"] = "CANCELLED"
+    await workers.relay_outbox_once(shop.service)
+    assert shop.inventory.confirm_batches == [[o["order_id"] for o in paid]]
+    rows = {r["order_id"]: r for r in shop.table("outbox")}
+    for order in (paid[0], paid[2]):
+        assert rows[order["order_id"]]["delivered_at"] is not None
+        assert shop.order(order["order_id"])["t_final"] is not None
+    assert rows[released]["delivered_at"] is None
+    assert rows[released]["failed_reason"] == "reservation_cancelled"
+    assert shop.order(released)["flags"] == ("confirm_failed:reservation_cancelled",)
+
+
+async def test_relay_batch_lost_answer_retries_every_row(shop: Shop) -> None:
+    order = await shop.placed()
+    shop.channel.pay(order["payment_id"])
+    await shop.notify(order)
+    shop.to_inventory.lose_answer_to = ("POST", "/reservations/confirm")
+    await workers.relay_outbox_once(shop.service)
+    (row,) = shop.table("outbox")
+    assert (row["delivered_at"], row["attempts"]) == (None, 1)
+    shop.service.store.conn.execute("UPDATE outbox SET next_attempt_at=0")
+    await workers.relay_outbox_once(shop.service)  # the confirm is idempotent: replayed
+    (row,) = shop.table("outbox")
+    assert row["delivered_at"] is not None
+    assert len(shop.inventory.confirm_batches) == 2
+
+
+async def test_relay_wakes_when_an_outbox_row_commits(shop: Shop) -> None:
+    order = await shop.placed()
+    shop.channel.pay(order["payment_id"])
+    # a tick far longer than the test: only the commit's wake-up can deliver the confirm
+    shop.service.settings = dataclasses.replace(shop.service.settings, worker_tick_s=3600.0)
+    relay = asyncio.create_task(workers.relay_forever(shop.service))
+    try:
+        await asyncio.sleep(0.05)  # the first (empty) pass, then it waits for work
+        assert shop.inventory.confirm_batches == []
+        await shop.notify(order)
+        for _ in range(500):  # bounded: without the wake-up the relay sleeps for an hour
+            if shop.inventory.confirm_batches:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        relay.cancel()
+    assert shop.inventory.confirm_batches == [[order["order_id"]]]
+
+
+async def test_reconciliation_applies_a_bill_page_in_one_transaction(shop: Shop) -> None:
+    orders = [await shop.placed(f"k-{i}") for i in range(4)]
+    for order in orders:
+        shop.channel.pay(order["payment_id"])  # notifications lost: the bill completes them
+    begins: list[str] = []
+    shop.service.store.conn.set_trace_callback(
+        lambda sql: begins.append(sql) if sql.startswith("BEGIN") else None
+    )
+    await workers.reconcile_once(shop.service)
+    shop.service.store.conn.set_trace_callback(None)
+    assert all(shop.order(o["order_id"])["status"] == "PAID" for o in orders)
+    # one for the page (charges, repairs, cursor) and one for the unfunded check
+    assert len(begins) == 2
 
 
 async def test_reconciliation_completes_orphan_and_refunds_closed(shop_factory: Any) -> None:

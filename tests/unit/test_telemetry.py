@@ -82,8 +82,9 @@ def _server_spans(route: str) -> list[ReadableSpan]:
 
 
 def test_server_span_continues_incoming_trace_and_logs_carry_its_ids(
-    app: FastAPI, log_lines: io.StringIO
+    app: FastAPI, log_lines: io.StringIO, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(telemetry, "_log_every_request", True)  # CHAOSBED_ACCESS_LOG=all
     _exporter.clear()
     traceparent = f"00-{PARENT_TRACE}-{PARENT_SPAN}-01"
     response = _call(app, "POST", "/orders/o-1", {"traceparent": traceparent})
@@ -211,3 +212,63 @@ def test_no_exporter_without_otel_endpoint(monkeypatch: pytest.MonkeyPatch) -> N
     assert telemetry._exporting() is False
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
     assert telemetry._exporting() is True
+
+
+def _records(log_lines: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in log_lines.getvalue().splitlines()]
+
+
+def test_access_log_by_default_writes_only_failed_requests(
+    app: FastAPI, log_lines: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(telemetry, "_log_every_request", False)
+    assert _call(app, "POST", "/orders/o-quiet").status_code == 200
+    assert _call(app, "GET", "/boom").status_code == 500
+    access = [r for r in _records(log_lines) if r["msg"] == "request"]
+    assert [(r["route"], r["status"], r["level"]) for r in access] == [("/boom", 500, "error")]
+
+
+def test_access_log_mode_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for raw, mode in (("", "errors"), ("all", "all"), ("1", "all"), ("0", "errors")):
+        monkeypatch.setenv("CHAOSBED_ACCESS_LOG", raw)
+        assert telemetry._access_log_mode() == mode
+    monkeypatch.setenv("CHAOSBED_ACCESS_LOG", "sometimes")
+    with pytest.raises(ValueError, match="CHAOSBED_ACCESS_LOG='sometimes'"):
+        telemetry._access_log_mode()
+
+
+def test_without_tracing_no_span_is_made_and_the_caller_trace_is_passed_on(
+    app: FastAPI, log_lines: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(telemetry, "_tracing", False)
+    _exporter.clear()
+    traceparent = f"00-{PARENT_TRACE}-{PARENT_SPAN}-01"
+    response = _call(app, "POST", "/orders/o-3", {"traceparent": traceparent})
+    assert response.status_code == 200
+    assert _exporter.get_finished_spans() == ()
+    # what the route stores and sends on is the caller's context, unchanged
+    assert response.json()["traceparent"] == traceparent
+    (placing,) = [r for r in _records(log_lines) if r["msg"] == "placing"]
+    assert placing["trace_id"] == PARENT_TRACE
+    assert telemetry.current_traceparent() is None  # nothing leaks out of the request
+    assert telemetry.outgoing_headers({"a": "b"}) == {"a": "b"}
+    with telemetry.continued_span("notify", traceparent, kind=SpanKind.PRODUCER):
+        assert telemetry.outgoing_headers(None) == {"traceparent": traceparent}
+    with telemetry.linked_span("reconcile", traceparent) as span:
+        assert span is trace.INVALID_SPAN
+    assert _exporter.get_finished_spans() == ()
+
+
+def test_without_tracing_histograms_carry_no_exemplar(
+    app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(telemetry, "_tracing", False)
+    traceparent = f"00-{PARENT_TRACE}-{PARENT_SPAN}-01"
+    _call(app, "POST", "/untraced-route-404", {"traceparent": traceparent})
+    body = _call(app, "GET", "/metrics").text
+    lines = [
+        line for line in body.splitlines()
+        if line.startswith("chaosbed_http_server_request_duration_seconds_bucket{")
+        and 'route="unmatched"' in line and 'status="404"' in line
+    ]
+    assert lines and not any("trace_id" in line for line in lines)
