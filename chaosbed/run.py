@@ -22,7 +22,7 @@ from typing import Any
 
 from rich.console import Console
 
-from chaosbed import rundir
+import rundir
 from chaosbed.harness_metrics import HarnessMetrics
 from chaosbed.progress import RunProgress, read_load_progress
 from chaosbed.stack import Stack, free_port

@@ -24,7 +24,8 @@ from typing import Any
 
 import httpx
 
-from chaosbed import binaries, rundir
+import rundir
+from chaosbed import binaries
 from faults import process
 from faults.toxiproxy import ProxySpec, Toxiproxy, ToxiproxyError
 from services.common.bugs import parse_bugs

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chaosbed.rundir import RunDirError, read_json, write_json
+from rundir import RunDirError, read_json, write_json
 from slos.audit import AuditResult, audit, write_audit
 from slos.checkers import INFO_VERDICT, INVALID, UNKNOWN, VALID
 from slos.evaluate import (

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from chaosbed.rundir import RunDirError, read_json
+from rundir import RunDirError, read_json
 
 OK, FAIL, INFO = "ok", "fail", "info"
 DEFAULT_SWEEP_EVERY_S = 2.0
