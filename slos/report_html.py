@@ -11,7 +11,7 @@ import base64
 import io
 import math
 from html import escape
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -20,9 +20,7 @@ from matplotlib.figure import Figure
 from slos.checkers import INFO_VERDICT, INVALID, PAID_STATES, UNKNOWN, Facts, percentile
 from slos.evaluate import FAIL_TIER, JOURNEY_OPS, PASS, WARNING, FaultWindow
 from slos.records import OK, Records
-
-if TYPE_CHECKING:
-    from slos.gate import GateResult
+from slos.result import GateResult
 
 _COLOURS = ("#d62728", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 _TIER_CLASS = {PASS: "pass", WARNING: "warning", FAIL_TIER: "fail", UNKNOWN: "unknown",
