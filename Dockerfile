@@ -9,6 +9,7 @@ ENV PYTHONUNBUFFERED=1 \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY chaosbed ./chaosbed
+COPY rundir ./rundir
 COPY services ./services
 COPY loadtests ./loadtests
 COPY faults ./faults

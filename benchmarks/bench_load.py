@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from chaosbed.proc import free_port
 from chaosbed.stack import Stack
 from loadtests.runner import locust_command, read_history
 
@@ -50,7 +51,7 @@ def run_step(stack: Stack, rate: int, workers: int, run_dir: Path) -> dict[str, 
     run_dir.mkdir(parents=True)
     argv, env = locust_command(
         stack_info=stack.info, load=load, duration_s=STEP_S, seed=1, run_dir=run_dir,
-        workers=workers,
+        workers=workers, master_port=free_port() if workers else None,
     )
     subprocess.run(
         argv, env={**os.environ, **env}, cwd=REPO, capture_output=True, timeout=STEP_S + 60,

@@ -1,6 +1,7 @@
-"""`chaosbed` command line: thin dispatch to the modules that do the work.
+"""`chaosbed` command line: the parser, and dispatch to chaosbed/commands.py.
 
-Exit codes: 0 pass · 1 an objective failed · 2 unknown · 3 harness error · 64 usage.
+Exit codes (chaosbed/exits.py): 0 pass · 1 an objective failed · 2 unknown · 3 harness error ·
+64 usage · 130 interrupted.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-EXIT_PASS, EXIT_FAIL, EXIT_UNKNOWN, EXIT_HARNESS, EXIT_USAGE = 0, 1, 2, 3, 64
+from chaosbed import commands
+from chaosbed.exits import EXIT_USAGE
 
 
 class _Parser(argparse.ArgumentParser):
@@ -57,30 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+COMMANDS = {
+    "up": commands.cmd_up,
+    "run": commands.cmd_run,
+    "scenarios": commands.cmd_scenarios,
+    "check": commands.cmd_check,
+    "report": commands.cmd_report,
+    "dashboards": commands.cmd_dashboards,
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "up":
-        from chaosbed.stack import cmd_up
-
-        return cmd_up(args)
-    if args.command == "run":
-        from chaosbed.run import cmd_run
-
-        return cmd_run(args)
-    if args.command == "scenarios":
-        from chaosbed.run import cmd_scenarios
-
-        return cmd_scenarios(args)
-    if args.command == "check":
-        from slos.gate import cmd_check
-
-        return cmd_check(args)
-    if args.command == "report":
-        from slos.gate import cmd_report
-
-        return cmd_report(args)
-    if args.command == "dashboards":
-        from dashboards.build import cmd_dashboards
-
-        return cmd_dashboards(args)
-    raise AssertionError(args.command)
+    return COMMANDS[args.command](args)

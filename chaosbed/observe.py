@@ -19,37 +19,28 @@ from __future__ import annotations
 import atexit
 import json
 import os
-import signal
-import socket
-import subprocess
 import time
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import yaml
 
-from chaosbed import binaries
+from chaosbed import binaries, proc
+from faults import process
 
 SCRAPE_INTERVAL = "1s"
 READY_TIMEOUT_S = 30.0
+STOP_GRACE_S = 5.0
 _JOB_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
 
 
 class ObserveError(RuntimeError):
     """Prometheus or Jaeger could not be started, or a scrape target is malformed."""
-
-
-def free_port() -> int:
-    """A currently free loopback TCP port (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _file_sd_groups(targets: Mapping[str, str]) -> list[dict[str, Any]]:
@@ -129,23 +120,6 @@ def jaeger_config(*, otlp_port: int, query_port: int, grpc_port: int) -> dict[st
     }
 
 
-@dataclass
-class _Process:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: IO[bytes]
-
-    def stop(self, timeout_s: float = 5.0) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(timeout=timeout_s)
-        self.log.close()
-
-
 @dataclass(eq=False)
 class Observers:
     """Running Prometheus + Jaeger for one run directory."""
@@ -156,7 +130,7 @@ class Observers:
     otlp_endpoint: str
     targets_file: Path
     startup_s: dict[str, float]
-    _processes: list[_Process] = field(default_factory=list, repr=False)
+    _processes: list[process.Child] = field(default_factory=list, repr=False)
     _targets: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
@@ -198,12 +172,12 @@ class Observers:
         }
 
     def alive(self) -> dict[str, bool]:
-        return {p.name: p.popen.poll() is None for p in self._processes}
+        return {p.name: p.running() for p in self._processes}
 
     def stop(self) -> None:
         """Stop both processes (SIGTERM, then SIGKILL after 5 s); safe to call twice."""
         while self._processes:
-            self._processes.pop().stop()
+            self._processes.pop().stop(STOP_GRACE_S)
 
     def __enter__(self) -> Observers:
         return self
@@ -222,52 +196,21 @@ def _stop_running() -> None:
         observers.stop()
 
 
-def _spawn(name: str, argv: list[str], log_path: Path) -> _Process:
-    log = log_path.open("ab")
+def _spawn(name: str, argv: list[str], log_path: Path) -> process.Child:
     try:
-        popen = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    except OSError as exc:
-        log.close()
+        return process.Child(argv, env=os.environ, log_path=log_path, name=name)
+    except process.ProcessError as exc:
         raise ObserveError(f"could not start {name} ({argv[0]}): {exc}") from exc
-    return _Process(name, popen, log)
 
 
-def _wait_ready(
-    checks: list[tuple[_Process, str, Path, float]], timeout_s: float
-) -> dict[str, float]:
-    """Poll each (process, url) until it answers 200; seconds from its spawn to ready, by name.
-
-    Fails early, with the log tail, when a process exits during startup.
-    """
-    pending = list(checks)
-    ready: dict[str, float] = {}
-    deadline = time.monotonic() + timeout_s
-    with httpx.Client(timeout=1.0) as client:
-        while pending:
-            for check in list(pending):
-                process, url, log_path, spawned = check
-                if process.popen.poll() is not None:
-                    tail = log_path.read_text(errors="replace")[-2000:]
-                    raise ObserveError(
-                        f"{process.name} exited with code {process.popen.returncode} during "
-                        f"startup; last log lines ({log_path}):\n{tail}"
-                    )
-                try:
-                    ok = client.get(url).status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                if ok:
-                    ready[process.name] = round(time.monotonic() - spawned, 3)
-                    pending.remove(check)
-            if pending and time.monotonic() > deadline:
-                names = ", ".join(f"{c[0].name} ({c[1]}, log {c[2]})" for c in pending)
-                raise ObserveError(f"not ready after {timeout_s:.0f}s: {names}")
-            if pending:
-                time.sleep(0.05)
-    return ready
+def _wait_ready(child: process.Child, url: str, client: httpx.Client, timeout_s: float) -> float:
+    """Seconds from the child's spawn until `url` answers 200; the log tail if it does not."""
+    try:
+        return proc.wait_ready(child, proc.http_probe(client, url), timeout_s)
+    except proc.NotReady as exc:
+        raise ObserveError(
+            f"{exc}; last lines of {child.log_path}:\n{process.log_tail(child.log_path)}"
+        ) from exc
 
 
 def start_observers(
@@ -293,9 +236,9 @@ def start_observers(
     targets_file.write_text(json.dumps(groups, indent=2) + "\n")
     prom_config = prom_dir / "prometheus.yml"
     prom_config.write_text(yaml.safe_dump(prometheus_config(targets_file), sort_keys=False))
-    prom_port = free_port()
+    prom_port = proc.free_port()
 
-    otlp_port, query_port, grpc_port = free_port(), free_port(), free_port()
+    otlp_port, query_port, grpc_port = proc.free_port(), proc.free_port(), proc.free_port()
     jaeger_yaml = run_dir / "jaeger.yaml"
     jaeger_yaml.write_text(
         yaml.safe_dump(
@@ -304,10 +247,9 @@ def start_observers(
         )
     )
 
-    processes: list[_Process] = []
+    processes: list[process.Child] = []
     try:
         prom_log = run_dir / "prometheus.log"
-        prom_started = time.monotonic()
         prom = _spawn(
             "prometheus",
             [
@@ -323,22 +265,22 @@ def start_observers(
         )
         processes.append(prom)
         jaeger_log = run_dir / "jaeger.log"
-        jaeger_started = time.monotonic()
         jaeger = _spawn("jaeger", [str(jaeger_bin), f"--config={jaeger_yaml}"], jaeger_log)
         processes.append(jaeger)
 
         prometheus_url = f"http://127.0.0.1:{prom_port}"
         jaeger_url = f"http://127.0.0.1:{query_port}"
-        startup_s = _wait_ready(
-            [
-                (prom, f"{prometheus_url}/-/ready", prom_log, prom_started),
-                (jaeger, f"{jaeger_url}/api/services", jaeger_log, jaeger_started),
-            ],
-            ready_timeout_s,
-        )
+        # waited in turn under one deadline: jaeger's figure may include prometheus's wait
+        deadline = time.monotonic() + ready_timeout_s
+        startup_s: dict[str, float] = {}
+        with httpx.Client(timeout=1.0) as client:
+            for child, url in ((prom, f"{prometheus_url}/-/ready"),
+                               (jaeger, f"{jaeger_url}/api/services")):
+                left = max(0.0, deadline - time.monotonic())
+                startup_s[child.name] = _wait_ready(child, url, client, left)
     except BaseException:
-        for process in reversed(processes):
-            process.stop()
+        for child in reversed(processes):
+            child.stop(STOP_GRACE_S)
         raise
 
     observers = Observers(

@@ -2,14 +2,14 @@
 
 Every input is validated before anything starts.  Whatever happens after that (the end of
 the load, Ctrl-C/SIGTERM, Locust dying, a harness error), every fault is healed and every
-process this run started is stopped before `cmd_run` returns.
+process this run started is stopped before `RunPipeline.execute` returns (the command
+line's checks of its arguments are chaosbed/commands.py:cmd_run).
 
 Exit codes: the gate's 0/1/2 with --slo (0 without); 3 harness failure; 64 usage; 130 Ctrl-C.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import subprocess
@@ -23,19 +23,18 @@ from typing import Any
 
 from rich.console import Console
 
-from chaosbed import rundir
+import rundir
+from chaosbed import proc
+from chaosbed.exits import EXIT_HARNESS, EXIT_INTERRUPTED
 from chaosbed.harness_metrics import HarnessMetrics
 from chaosbed.progress import RunProgress, read_load_progress
-from chaosbed.stack import Stack, free_port
+from chaosbed.stack import Stack
 from faults import process
 from faults.drivers import StackDriver
-from faults.scenario import Scenario, ScenarioError, list_scenarios, load_scenario, scenario_path
+from faults.scenario import Scenario
 from faults.scheduler import Outcome, Scheduler
 from loadtests.runner import locust_command
-from services.common.bugs import UnknownBugError, parse_bugs
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-EXIT_HARNESS, EXIT_USAGE, EXIT_INTERRUPTED = 3, 64, 130
 SERVICES = ("order", "channel", "inventory")
 
 LOAD_START_TIMEOUT_S = 60.0  # Locust boot until its first load_progress.json
@@ -49,90 +48,8 @@ class HarnessFailure(RuntimeError):
     """The harness itself failed (stack, Locust, exports); one clear line for the user."""
 
 
-def _say(message: str) -> None:
+def say(message: str) -> None:
     print(f"chaosbed run: {message}", file=sys.stderr, flush=True)
-
-
-# --- entry points ----------------------------------------------------------------------
-
-
-def cmd_scenarios(args: argparse.Namespace) -> int:
-    try:
-        scenarios = list_scenarios()
-    except ScenarioError as exc:
-        print(f"chaosbed scenarios: {exc}", file=sys.stderr)
-        return EXIT_HARNESS
-    width = max((len(name) for name, _ in scenarios), default=0)
-    for name, description in scenarios:
-        print(f"{name:<{width}}  {description}")
-    return 0
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    # 1. every input, before anything starts
-    try:
-        scenario = load_scenario(args.scenario)
-    except ScenarioError as exc:
-        _say(f"bad scenario: {exc}")
-        return EXIT_HARNESS
-    if args.workers < 0:
-        _say(f"--workers must be >= 0, got {args.workers}")
-        return EXIT_USAGE
-    try:
-        bugs = sorted(parse_bugs(args.bugs or ""))
-    except UnknownBugError as exc:
-        _say(f"--bugs: {exc}")
-        return EXIT_USAGE
-    slo_path = _in_repo(Path(args.slo)) if args.slo else None
-    if slo_path is not None:
-        problem = _check_slo(slo_path)
-        if problem:
-            _say(f"bad SLO file: {problem}")
-            return EXIT_HARNESS
-    baseline = Path(args.baseline) if args.baseline else None
-    if baseline is not None and not (baseline / "result.json").is_file():
-        _say(f"--baseline {baseline}: not a finished run directory (no result.json)")
-        return EXIT_HARNESS
-    attach = Path(args.attach) if args.attach else None
-    if attach is not None and not attach.is_file():
-        _say(f"--attach {attach}: no such stack.json")
-        return EXIT_HARNESS
-
-    # 2. the run
-    pipeline = RunPipeline(
-        scenario,
-        scenario_text=scenario_path(args.scenario).read_text(),
-        runs_dir=Path(args.runs_dir),
-        bugs=bugs,
-        workers=args.workers,
-        slo_path=slo_path,
-        baseline=baseline,
-        attach=attach,
-        observe=bool(args.observe),
-    )
-    return pipeline.execute()
-
-
-def _in_repo(path: Path) -> Path:
-    """A relative path that does not exist here but does in the repository (`slos/x.yaml`)."""
-    if path.exists() or path.is_absolute() or not (PROJECT_ROOT / path).exists():
-        return path
-    return PROJECT_ROOT / path
-
-
-def _check_slo(path: Path) -> str | None:
-    """The SLO file's load error, or None.  Without slos.model, only its existence is checked."""
-    if not path.is_file():
-        return f"{path}: no such file"
-    try:
-        from slos.model import load_slo
-    except ImportError:
-        return None
-    try:
-        load_slo(path)
-    except ValueError as exc:
-        return str(exc)
-    return None
 
 
 # --- signals ---------------------------------------------------------------------------
@@ -211,7 +128,7 @@ class RunPipeline:
             self.run_dir = rundir.create_run_dir(self.runs_dir, self.scenario.name)
             (self.run_dir / "scenario.yaml").write_text(self.scenario_text)
         except (OSError, rundir.RunDirError) as exc:
-            _say(f"harness failure: cannot create the run directory: {exc}")
+            say(f"harness failure: cannot create the run directory: {exc}")
             return EXIT_HARNESS
         self.meta = {
             "scenario": self.scenario.name,
@@ -229,7 +146,7 @@ class RunPipeline:
             **build_identity(),
         }
         self._write_meta()
-        _say(f"run directory {self.run_dir}")
+        say(f"run directory {self.run_dir}")
         try:
             with _signals_interrupt():
                 with self.progress:
@@ -240,7 +157,7 @@ class RunPipeline:
                 self._cleanup()
             self.meta["status"] = "interrupted"
             self._write_meta()
-            _say(f"interrupted: faults healed, processes stopped; partial run in {self.run_dir}")
+            say(f"interrupted: faults healed, processes stopped; partial run in {self.run_dir}")
             return EXIT_INTERRUPTED
         except Exception as exc:
             with _signals_ignored():
@@ -251,7 +168,7 @@ class RunPipeline:
             self.meta["status"] = "failed"
             self.meta["error"] = message
             self._write_meta()
-            _say(f"harness failure: {message} (details in {self.run_dir})")
+            say(f"harness failure: {message} (details in {self.run_dir})")
             return EXIT_HARNESS
         return code
 
@@ -273,7 +190,7 @@ class RunPipeline:
             self.progress.phase(f"attaching to {self.attach}")
             self.stack = Stack.attach(self.attach)
             if self.scenario.services:
-                _say("attached stack keeps its own service timings; scenario `services` ignored")
+                say("attached stack keeps its own service timings; scenario `services` ignored")
         else:
             self.progress.phase("starting stack")
             self.stack = Stack.start(
@@ -313,32 +230,36 @@ class RunPipeline:
             seed=self.scenario.seed,
             run_dir=self.run_dir,
             workers=self.workers,
+            master_port=proc.free_port() if self.workers else None,
         )
         if self.stack.info.get("observe"):
             # client-side latency/throughput from the load generator, next to the server's
-            load_port = free_port()
+            load_port = proc.free_port()
             env["CHAOSBED_LOAD_METRICS_PORT"] = str(load_port)
             self.stack.add_scrape_target("loadgen", f"http://127.0.0.1:{load_port}/metrics")
         locust = self.locust = process.Child(
             argv,
             env={**os.environ, **env},
             log_path=self.run_dir / "locust.log",
-            cwd=PROJECT_ROOT,
+            cwd=proc.PROJECT_ROOT,
+            name="Locust",
         )
         progress_file = self.run_dir / "load_progress.json"
-        deadline = time.monotonic() + LOAD_START_TIMEOUT_S
-        while (first := read_load_progress(progress_file)) is None:
-            if not locust.running():
-                raise HarnessFailure(
-                    f"Locust exited at start (code {locust.popen.returncode}): "
-                    f"{_last_line(self.run_dir / 'locust.log')}"
-                )
-            if time.monotonic() > deadline:
-                raise HarnessFailure(
-                    f"Locust did not start the load within {LOAD_START_TIMEOUT_S:.0f}s "
-                    f"(see {self.run_dir / 'locust.log'})"
-                )
-            time.sleep(0.05)
+        first: dict[str, Any] = {}
+
+        def load_started() -> str | None:
+            progress = read_load_progress(progress_file)
+            if progress is None:
+                return "no load_progress.json yet"
+            first.update(progress)
+            return None
+
+        try:
+            proc.wait_ready(locust, load_started, LOAD_START_TIMEOUT_S)
+        except proc.NotReady as exc:
+            log = self.run_dir / "locust.log"
+            detail = _last_line(log) if exc.exited else f"see {log}"
+            raise HarnessFailure(f"{exc}: {detail}") from exc
         # Locust writes its first progress as the load starts; `elapsed` covers the delay
         since = max(0.0, float(first.get("elapsed") or 0.0))
         self._t0 = time.monotonic() - since
@@ -421,24 +342,26 @@ class RunPipeline:
         if self.slo_path is not None:
             code = self._gate()
         else:
-            _say(f"run complete: {self.run_dir}")
+            say(f"run complete: {self.run_dir}")
         if heal_errors:
-            _say(f"harness failure: heal failed, the system was not restored: {heal_errors[0]}")
+            say(f"harness failure: heal failed, the system was not restored: {heal_errors[0]}")
             return EXIT_HARNESS
         return code
 
     def _gate(self) -> int:
         assert self.run_dir is not None and self.slo_path is not None
-        from slos.gate import evaluate_run
+        from slos.gate import evaluate_run, render_text  # matplotlib: only when gating
 
         self.console.print("evaluating objectives…", highlight=False)
         try:
             result = evaluate_run(self.run_dir, self.slo_path, self.baseline)
         except Exception as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            _say(f"harness failure: the gate could not evaluate the run: {first}")
+            say(f"harness failure: the gate could not evaluate the run: {first}")
             return EXIT_HARNESS
-        print(_verdict_text(result), flush=True)
+        print(render_text(result), flush=True)
+        if not result.outputs:
+            print(f"report: {result.run_dir}", flush=True)
         return int(result.exit_code)
 
     # --- cleanup -------------------------------------------------------------------
@@ -455,7 +378,7 @@ class RunPipeline:
             try:
                 action()
             except Exception as exc:  # cleanup goes on: nothing may be left behind
-                _say(f"cleanup: {what} failed: {type(exc).__name__}: {exc}")
+                say(f"cleanup: {what} failed: {type(exc).__name__}: {exc}")
 
     def _heal_quietly(self) -> None:
         if self.scheduler is not None:
@@ -516,7 +439,7 @@ def build_identity() -> dict[str, Any]:
     and `git_dirty` (uncommitted changes to tracked files; None when unknown)."""
     def git(*args: str) -> str | None:
         try:
-            done = subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True,
+            done = subprocess.run(["git", *args], cwd=proc.PROJECT_ROOT, capture_output=True,
                                   text=True, timeout=10, check=True)
         except (OSError, subprocess.SubprocessError):
             return None
@@ -526,16 +449,6 @@ def build_identity() -> dict[str, Any]:
     status = git("status", "--porcelain", "--untracked-files=no") if revision else None
     return {"git_revision": revision or "unknown",
             "git_dirty": None if status is None else bool(status)}
-
-
-def _verdict_text(result: Any) -> str:
-    """The gate's verdict in plain words, what went wrong, and where the report is."""
-    lines = [f"verdict: {str(result.verdict).upper()} (exit {result.exit_code})", result.headline]
-    lines += [f"  - {problem}" for problem in list(result.problems)[:10]]
-    outputs = dict(result.outputs)
-    where = outputs.get("html") or outputs.get("result") or str(result.run_dir)
-    lines.append(f"report: {where}")
-    return "\n".join(lines)
 
 
 def _last_line(path: Path) -> str:

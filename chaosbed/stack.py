@@ -7,16 +7,13 @@ it.  `Stack.attach(stack_json)` controls a stack another process started.
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import json
 import os
 import secrets
 import signal
-import socket
 import sys
 import threading
-import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -24,12 +21,11 @@ from typing import Any
 
 import httpx
 
-from chaosbed import binaries, rundir
+import rundir
+from chaosbed import binaries, proc
 from faults import process
 from faults.toxiproxy import ProxySpec, Toxiproxy, ToxiproxyError
 from services.common.bugs import parse_bugs
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 SERVICES = ("inventory", "channel", "order")  # start order: dependencies first
 
@@ -53,41 +49,6 @@ STOP_GRACE_S = 5.0
 
 class StackError(RuntimeError):
     """The stack could not be started or controlled; the message says which part and why."""
-
-
-_handed_out: set[int] = set()
-
-
-def _ephemeral_range() -> tuple[int, int]:
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999
-
-
-def free_port() -> int:
-    """A loopback port that is free now and outside the kernel's ephemeral range.
-
-    Outgoing connections take their local port from the ephemeral range, so a port
-    picked there can be taken before the service binds it; below the range it cannot.
-    """
-    low = 20000
-    high = _ephemeral_range()[0] - 1
-    rng = secrets.SystemRandom()
-    for _ in range(200):
-        port = rng.randint(low, high) if high > low else 0
-        if port in _handed_out:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            chosen = int(sock.getsockname()[1])
-        _handed_out.add(chosen)
-        return chosen
-    raise StackError("no free loopback port found")
 
 
 def _service_env(
@@ -118,6 +79,19 @@ def _service_env(
     elif service == "inventory":
         env["CHAOSBED_SEED_STOCK"] = json.dumps(dict(seed_stock))
     return env
+
+
+def toxiproxy_probe(toxiproxy: Toxiproxy) -> proc.Probe:
+    """Ready when the Toxiproxy API answers its version."""
+
+    def probe() -> str | None:
+        try:
+            toxiproxy.version()
+        except ToxiproxyError as exc:
+            return str(exc)
+        return None
+
+    return probe
 
 
 _live_stacks: set[Stack] = set()  # stopped at interpreter exit, whatever the caller forgot
@@ -167,7 +141,7 @@ class Stack:
                 raise StackError(f"service_env[{key!r}]={value!r}: names and values must be str")
         run_dir = Path(run_dir).resolve()
         run_dir.mkdir(parents=True, exist_ok=True)
-        ports = {name: free_port() for name in SERVICES}
+        ports = {name: proc.free_port() for name in SERVICES}
         info: dict[str, Any] = {
             "run_dir": str(run_dir),
             "admin_token": secrets.token_urlsafe(24),
@@ -239,31 +213,22 @@ class Stack:
             binary = binaries.toxiproxy_server()
         except binaries.MissingBinary as exc:
             raise StackError(str(exc)) from exc
-        port = free_port()
+        port = proc.free_port()
         log = run_dir / "toxiproxy.log"
         child = process.Child(
             [str(binary), "-host", "127.0.0.1", "-port", str(port), "-proxy-metrics"],
             env=os.environ,
             log_path=log,
+            name="toxiproxy-server",
         )
         self._toxiproxy_child = child
         api = f"http://127.0.0.1:{port}"
         self._info["toxiproxy"] = {"api": api, "pid": child.pid, "log": str(log)}
         self._toxiproxy = Toxiproxy(api)
-        deadline = time.monotonic() + HEALTH_TIMEOUT_S
-        while True:
-            if not child.running():
-                raise StackError(
-                    f"toxiproxy-server exited at start (code {child.popen.returncode}); "
-                    f"last log lines:\n{process.log_tail(log)}"
-                )
-            try:
-                self._toxiproxy.version()
-                break
-            except ToxiproxyError as exc:
-                if time.monotonic() > deadline:
-                    raise StackError(f"toxiproxy-server did not answer on {api}: {exc}") from exc
-                time.sleep(0.05)
+        try:
+            proc.wait_ready(child, toxiproxy_probe(self._toxiproxy), HEALTH_TIMEOUT_S)
+        except proc.NotReady as exc:
+            raise StackError(f"{exc}; last lines of {log}:\n{process.log_tail(log)}") from exc
         specs = [
             ProxySpec(name, upstream=f"127.0.0.1:{self._info['services'][target]['port']}")
             for name, (_, target) in PROXIES.items()
@@ -307,8 +272,9 @@ class Stack:
             [sys.executable, "-m", f"services.{name}"],
             env=env,
             log_path=Path(svc["log"]),
-            cwd=PROJECT_ROOT,
+            cwd=proc.PROJECT_ROOT,
             die_with_parent=self._owned,
+            name=f"services.{name}",
         )
         with self._lock:
             self._children[name] = child
@@ -316,30 +282,17 @@ class Stack:
 
     def _wait_healthy(self, name: str, timeout_s: float = HEALTH_TIMEOUT_S) -> None:
         svc = self._info["services"][name]
-        child = self._children.get(name)
-        deadline = time.monotonic() + timeout_s
-        last_error = "no answer yet"
+        log = Path(svc["log"])
         with httpx.Client(timeout=1.0) as client:
-            while True:
-                if child is not None and not child.running():
-                    raise StackError(
-                        f"service {name} exited at start (code {child.popen.returncode}); "
-                        f"last lines of {svc['log']}:\n{process.log_tail(Path(svc['log']))}"
-                    )
-                try:
-                    response = client.get(svc["url"] + "/healthz")
-                    if response.status_code == 200:
-                        return
-                    last_error = f"/healthz answered {response.status_code}"
-                except httpx.HTTPError as exc:
-                    last_error = f"{type(exc).__name__}: {exc}"
-                if time.monotonic() > deadline:
-                    raise StackError(
-                        f"service {name} not healthy on {svc['url']} after {timeout_s:.0f}s "
-                        f"({last_error}); last lines of {svc['log']}:\n"
-                        f"{process.log_tail(Path(svc['log']))}"
-                    )
-                time.sleep(0.05)
+            try:
+                proc.wait_ready(
+                    self._children[name],
+                    proc.http_probe(client, svc["url"] + "/healthz"),
+                    timeout_s,
+                    what=f"service {name}",
+                )
+            except proc.NotReady as exc:
+                raise StackError(f"{exc}; last lines of {log}:\n{process.log_tail(log)}") from exc
 
     def _seed_stock(self) -> None:
         """Make sure every seeded sku is on the shelf (the inventory may also read the env)."""
@@ -559,41 +512,6 @@ def _is_service(pid: int, name: str) -> bool:
     except OSError:
         return False
     return f"services.{name}".encode() in cmdline
-
-
-def cmd_up(args: argparse.Namespace) -> int:
-    """`chaosbed up`: start the stack, print where everything is, run until Ctrl-C."""
-    try:
-        bugs = sorted(parse_bugs(args.bugs or ""))
-        run_dir = rundir.create_run_dir(args.runs_dir, "up")
-    except ValueError as exc:
-        print(f"chaosbed up: {exc}", file=sys.stderr)
-        return 3
-    stop_requested = threading.Event()
-
-    def request_stop(signum: int, _frame: object) -> None:
-        stop_requested.set()
-
-    previous = {
-        sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)
-    }
-    try:
-        try:
-            stack = Stack.start(run_dir, bugs=bugs, observe=bool(args.observe))
-        except (StackError, binaries.MissingBinary, process.ProcessError, ValueError) as exc:
-            first_line = str(exc).splitlines()[0]
-            print(f"chaosbed up: stack did not start: {first_line}", file=sys.stderr)
-            print(f"chaosbed up: details in {run_dir}", file=sys.stderr)
-            return 3
-        with stack:
-            print(describe(stack), flush=True)
-            while not stop_requested.wait(0.5):
-                pass
-            print("chaosbed up: stopping", flush=True)
-        return 0
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def describe(stack: Stack) -> str:

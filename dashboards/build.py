@@ -11,10 +11,7 @@ Every dashboard shades fault windows from the harness's `chaosbed_fault_active` 
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -488,16 +485,3 @@ def write(json_dir: Path = JSON_DIR) -> list[Path]:
         path.write_text(text)
         written.append(path)
     return written
-
-
-def cmd_dashboards(args: argparse.Namespace, *, out: Callable[[str], None] = print) -> int:
-    """`chaosbed dashboards`: regenerate dashboards/json/*.json from the builders."""
-    json_dir = Path(getattr(args, "out", None) or JSON_DIR)
-    try:
-        written = write(json_dir)
-    except OSError as exc:
-        print(f"chaosbed dashboards: cannot write {json_dir}: {exc}", file=sys.stderr)
-        return 3
-    for path in written:
-        out(f"wrote {path}")
-    return 0

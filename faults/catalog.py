@@ -12,12 +12,13 @@ Parameters are pydantic models (unknown parameter = error).  Durations are "500m
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from faults.durations import parse_duration
 
 PROXIES: tuple[str, ...] = (
     "client_order",
@@ -30,30 +31,6 @@ SERVICES: tuple[str, ...] = ("order", "inventory", "channel")
 TARGETS: tuple[str, ...] = PROXIES + SERVICES
 
 RETRY_SCHEDULES: tuple[str, ...] = ("alipay", "wechat", "adyen", "stripe")
-
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h)?$")
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-
-
-def parse_duration(value: Any) -> float:
-    """Seconds from "500ms" / "5s" / "2m" / "1h" / a number of seconds; never negative."""
-    if isinstance(value, bool):
-        raise ValueError(f"duration {value!r} must be a number of seconds or like '500ms', '5s'")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError(f"duration {value!r} must not be negative")
-        return float(value)
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("-"):
-            raise ValueError(f"duration {value!r} must not be negative")
-        match = _DURATION.match(text)
-        if match:
-            return float(match.group(1)) * _UNIT_S[match.group(2)]
-    raise ValueError(
-        f"duration {value!r} must be a number of seconds or a string like '500ms', '5s', '2m'"
-    )
-
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 

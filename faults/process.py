@@ -84,9 +84,11 @@ class Child:
         log_path: Path,
         cwd: Path | None = None,
         die_with_parent: bool = True,
+        name: str | None = None,
     ) -> None:
         self.argv = list(argv)
         self.log_path = log_path
+        self.name = name or Path(self.argv[0]).name
         with log_path.open("ab") as log:
             # PDEATHSIG fires when the *thread* that forked exits: only tie to the main thread
             tie = die_with_parent and threading.current_thread() is threading.main_thread()
@@ -103,6 +105,7 @@ class Child:
                 )
             except OSError as exc:
                 raise ProcessError(f"cannot start {self.argv[0]}: {exc}") from exc
+        self.started_at = time.monotonic()
 
     @property
     def pid(self) -> int:

@@ -32,8 +32,8 @@ from faults.catalog import (
     FaultParams,
     FaultType,
     Kind,
-    parse_duration,
 )
+from faults.durations import parse_duration
 from services.common.settings import Settings
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"

@@ -26,10 +26,10 @@ from locust.env import Environment
 from locust.runners import MasterRunner, Runner, WorkerRunner
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
-from chaosbed.rundir import NdjsonWriter, write_json
 from loadtests.config import LoadConfig, from_env, user_rng
 from loadtests.forgery import KnownOrder
 from loadtests.history import HistoryMerger, HistoryRecorder, Record
+from rundir import NdjsonWriter, write_json
 
 HISTORY_MESSAGE = "chaosbed_history"
 STOP_MESSAGE = "chaosbed_stop"

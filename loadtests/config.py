@@ -19,6 +19,7 @@ import os
 import random
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +46,9 @@ class LoadConfig:
     notify_secret: str | None = None
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
 
-    @property
+    @cached_property
     def spec(self) -> LoadSpec:
+        """The load section, typed (validated once per configuration)."""
         return LoadSpec.model_validate(self.load)
 
     def to_json(self) -> str:

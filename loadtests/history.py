@@ -18,7 +18,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
-from chaosbed.rundir import iter_ndjson
+from rundir import iter_ndjson
 
 # late_pay: a pay issued after the order was seen CLOSED (a refund is the right outcome)
 OPERATIONS = ("place_order", "pay", "poll", "forge", "browse", "late_pay")

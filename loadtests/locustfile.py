@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ if __package__ in (None, ""):
 from locust import FastHttpUser, LoadTestShape, events, task
 from locust.env import Environment
 
+from faults.scenario import UserClass
 from loadtests.client import Reply, call
 from loadtests.collector import CONFIG_OPTION, PROCESS, Collector
 from loadtests.config import LoadConfigError, from_env
@@ -83,12 +85,11 @@ class ShoppingUser(ChaosbedUser):
     journeys = 0
 
     def pace_s(self) -> float:
-        rate = self.config.load.get("rate")
-        if not rate:
+        load = self.config.spec
+        if not load.rate:
             return 0.6  # think time of an eager shopper
-        load = self.config.load
-        share = sum(weight_share(load["mix"], name) for name in SHOPPING_CLASSES)
-        return max(1.0, load["users"] * share) / float(rate)
+        share = sum(weight_share(load.mix, name) for name in SHOPPING_CLASSES)
+        return max(1.0, load.users * share) / load.rate
 
     def place_order(
         self, resubmit: tuple[str, dict[str, Any]] | None = None
@@ -99,11 +100,10 @@ class ShoppingUser(ChaosbedUser):
         """
         key, body = resubmit or self.new_order()
         with self.history.begin("place_order", process=self.process, key=key, value=body) as op:
-            reply, maybe_done = None, False
-            for attempt in range(PLACE_ATTEMPTS):
-                if attempt:
-                    self.backoff(attempt)
-                reply = call(
+            reply, done = self.with_retries(
+                op,
+                PLACE_ATTEMPTS,
+                lambda: call(
                     self.client,
                     "POST",
                     "/orders",
@@ -112,29 +112,21 @@ class ShoppingUser(ChaosbedUser):
                     json_body=body,
                     headers={"Idempotency-Key": key},
                     expected=frozenset({400, 409, 422}),
-                )
-                if reply.status in (200, 201):
-                    order = reply.body
-                    op.order_id = order.get("order_id")
-                    op.ok({"status": order.get("status"), "payment_id": order.get("payment_id")})
-                    self.remember(key, order)
-                    return order
-                if reply.answered and reply.status < 500:
-                    op.fail(reply.error, {"http_status": reply.status})
-                    return None
-                maybe_done = maybe_done or reply.ambiguous
-            assert reply is not None
-            if maybe_done:
-                op.info(reply.error)
-            else:
-                op.fail(reply.error)
-            return None
+                ),
+                success=frozenset({200, 201}),
+            )
+            if not done:
+                return None
+            order = reply.body
+            op.order_id = order.get("order_id")
+            op.ok({"status": order.get("status"), "payment_id": order.get("payment_id")})
+            self.remember(key, order)
+            return order
 
     def new_order(self) -> tuple[str, dict[str, Any]]:
         """A fresh idempotency key and order body (seeded: the same user places the same)."""
-        load = self.config.load
         body = {
-            "sku": self.rng.choice(sorted(load["skus"])),
+            "sku": self.rng.choice(sorted(self.config.spec.skus)),
             "qty": self.rng.randint(1, 3),
             "amount": self.rng.randint(100, 50_000),
         }
@@ -150,11 +142,10 @@ class ShoppingUser(ChaosbedUser):
         url = f"{self.config.channel_url}/payments/{payment_id}/pay"
         key, order_id = order.get("idempotency_key"), order.get("order_id")
         with self.history.begin(f, process=self.process, key=key, order_id=order_id) as op:
-            reply, maybe_done = None, False
-            for attempt in range(PAY_ATTEMPTS):
-                if attempt:
-                    self.backoff(attempt)
-                reply = call(
+            reply, done = self.with_retries(
+                op,
+                PAY_ATTEMPTS,
+                lambda: call(
                     self.client,
                     "POST",
                     url,
@@ -162,26 +153,51 @@ class ShoppingUser(ChaosbedUser):
                     traceparent=op.traceparent,
                     json_body={},
                     expected=frozenset({402, 404, 409}),
-                )
-                if reply.status == 200:
-                    txn_id = str(reply.body.get("txn_id"))
-                    op.ok({"payment_id": payment_id, "txn_id": txn_id})
-                    PROCESS.known_orders.paid(str(order_id), txn_id)
-                    return True
-                if reply.answered and reply.status < 500:
-                    op.fail(reply.error, {"http_status": reply.status})
-                    return False
-                maybe_done = maybe_done or reply.ambiguous
-            assert reply is not None
-            if maybe_done:
-                op.info(reply.error)
-                return None
-            op.fail(reply.error)
-            return False
+                ),
+                success=frozenset({200}),
+            )
+            if not done:
+                return done
+            txn_id = str(reply.body.get("txn_id"))
+            op.ok({"payment_id": payment_id, "txn_id": txn_id})
+            PROCESS.known_orders.paid(str(order_id), txn_id)
+            return True
+
+    def with_retries(
+        self,
+        op: Operation,
+        attempts: int,
+        send: Callable[[], Reply],
+        *,
+        success: frozenset[int],
+    ) -> tuple[Reply, bool | None]:
+        """Send until a `success` status, a definite refusal, or `attempts` run out.
+
+        Returns the last reply and True (success: the caller records it), False (certainly
+        not done: recorded as fail) or None (maybe done, e.g. a timeout: recorded as info).
+        Every retry reuses the request as built by `send` (same idempotency key).
+        """
+        reply, maybe_done = None, False
+        for attempt in range(attempts):
+            if attempt:
+                self.backoff(attempt)
+            reply = send()
+            if reply.status in success:
+                return reply, True
+            if reply.answered and reply.status < 500:
+                op.fail(reply.error, {"http_status": reply.status})
+                return reply, False
+            maybe_done = maybe_done or reply.ambiguous
+        assert reply is not None, "attempts must be >= 1"
+        if maybe_done:
+            op.info(reply.error)
+            return reply, None
+        op.fail(reply.error)
+        return reply, False
 
     def wait_for_confirmation(self, order: dict[str, Any]) -> None:
         """The "payment processing" page: poll until PAID (or final), give up after max_poll."""
-        self.wait_for_final(order, float(self.config.load["max_poll"]))
+        self.wait_for_final(order, self.config.spec.max_poll)
 
     def wait_for_final(self, order: dict[str, Any], patience_s: float) -> str | None:
         """Poll with backoff until the order is final; its last status seen."""
@@ -231,7 +247,7 @@ class ShoppingUser(ChaosbedUser):
 class Shopper(ShoppingUser):
     """Places an order, pays for it in the wallet, then watches "payment processing"."""
 
-    weight = PROCESS.config.load["mix"].get("shopper", 0)
+    weight = PROCESS.config.spec.mix.get("shopper", 0)
 
     @task
     def buy(self) -> None:
@@ -247,7 +263,7 @@ class Shopper(ShoppingUser):
 class ImpatientShopper(ShoppingUser):
     """Pays, then refreshes the page (the same order sent again) and pays whatever it shows."""
 
-    weight = PROCESS.config.load["mix"].get("impatient", 0)
+    weight = PROCESS.config.spec.mix.get("impatient", 0)
 
     @task
     def buy_twice(self) -> None:
@@ -267,14 +283,14 @@ class ImpatientShopper(ShoppingUser):
 class LatePayer(ShoppingUser):
     """Leaves the wallet open until the order is closed for want of payment, then pays."""
 
-    weight = PROCESS.config.load["mix"].get("late_payer", 0)
+    weight = PROCESS.config.spec.mix.get("late_payer", 0)
 
     @task
     def pay_too_late(self) -> None:
         order = self.place_order()
         if order is None or order.get("status") != "AWAITING_PAYMENT":
             return
-        if self.wait_for_final(order, float(self.config.load["late_pay_wait"])) != "CLOSED":
+        if self.wait_for_final(order, self.config.spec.late_pay_wait) != "CLOSED":
             return
         # the channel refuses this (409) unless it misbehaves (pay_after_close); then the
         # order service must refund the charge
@@ -284,7 +300,7 @@ class LatePayer(ShoppingUser):
 class Browser(ChaosbedUser):
     """Looks at orders it has heard of (the order page); the service health when none yet."""
 
-    weight = PROCESS.config.load["mix"].get("browser", 0)
+    weight = PROCESS.config.spec.mix.get("browser", 0)
 
     def pace_s(self) -> float:
         return 1.0
@@ -316,7 +332,7 @@ class Browser(ChaosbedUser):
 class Forger(ChaosbedUser):
     """Now and then POSTs a forged notification for a real order; the audit judges the effect."""
 
-    weight = PROCESS.config.load["mix"].get("forger", 0)
+    weight = PROCESS.config.spec.mix.get("forger", 0)
 
     def pace_s(self) -> float:
         return 5.0
@@ -362,10 +378,11 @@ def record(op: Operation, reply: Reply, value: dict[str, Any]) -> None:
         op.info(reply.error, value)
 
 
-SHOPPING_CLASSES = ("shopper", "impatient", "late_payer")  # paced together toward `rate`
+# paced together toward `rate`
+SHOPPING_CLASSES: tuple[UserClass, ...] = ("shopper", "impatient", "late_payer")
 
 
-def weight_share(mix: dict[str, int], name: str) -> float:
+def weight_share(mix: Mapping[UserClass, int], name: UserClass) -> float:
     total = sum(mix.values())
     return mix.get(name, 0) / total if total else 0.0
 

@@ -1,7 +1,7 @@
 """How `chaosbed run` starts the load: one headless Locust process (plus local workers).
 
     argv, env = locust_command(stack_info=..., load=..., duration_s=40, seed=42,
-                               run_dir=run_dir, workers=2)
+                               run_dir=run_dir, workers=2, master_port=free_port())
     subprocess.run(argv, env={**os.environ, **env}, cwd=REPO_ROOT)
 
 The process runs the scenario's shape for `duration_s`, writes `history.ndjson` (merged from all
@@ -11,7 +11,6 @@ incomplete, other non-zero codes if Locust itself failed).
 
 from __future__ import annotations
 
-import socket
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -43,14 +42,24 @@ def locust_command(
     seed: int,
     run_dir: Path,
     workers: int,
+    master_port: int | None = None,
 ) -> tuple[list[str], dict[str, str]]:
     """argv and extra environment for a headless Locust run of `load` against the stack.
 
-    `workers` > 0 forks that many local worker processes under a master (`--processes`);
-    0 runs the users in the single Locust process.  Raises LoadConfigError on bad input.
+    `workers` > 0 forks that many local worker processes under a master (`--processes`)
+    that listens on loopback `master_port` (the caller picks a free one); 0 runs the users
+    in the single Locust process.  Raises LoadConfigError on bad input.
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise LoadConfigError(f"workers must be an integer >= 0, got {workers!r}")
+    if workers > 0 and (
+        isinstance(master_port, bool)
+        or not isinstance(master_port, int)
+        or not 0 < master_port < 65536
+    ):
+        raise LoadConfigError(
+            f"workers={workers} needs master_port, a free TCP port 1-65535, got {master_port!r}"
+        )
     if isinstance(duration_s, bool) or not isinstance(duration_s, int | float) or duration_s <= 0:
         raise LoadConfigError(f"duration_s must be a number of seconds > 0, got {duration_s!r}")
     load_json = load_message(load, duration_s=float(duration_s), seed=seed)
@@ -73,7 +82,7 @@ def locust_command(
         "WARNING",
     ]
     if workers > 0:
-        port = _free_port()
+        port = master_port
         argv += [
             "--processes",
             str(workers),
@@ -122,9 +131,3 @@ def _proxy_url(stack_info: Mapping[str, Any], name: str) -> str:
         return str(stack_info["proxies"][name]["url"]).rstrip("/")
     except (KeyError, TypeError):
         raise LoadConfigError(f"stack_info has no proxies.{name}.url (not a stack.json?)") from None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

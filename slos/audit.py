@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chaosbed.rundir import write_json
+from rundir import write_json
 from slos.checkers import (
     CHECKERS,
     INFO_VERDICT,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chaosbed.rundir import RunDirError, read_json
+from rundir import RunDirError, read_json
 from slos.audit import AuditResult
 from slos.checkers import (
     UNKNOWN,

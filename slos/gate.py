@@ -7,14 +7,11 @@ directory unreadable).
 
 from __future__ import annotations
 
-import argparse
-import time
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chaosbed.rundir import RunDirError, read_json, write_json
+from rundir import RunDirError, read_json, write_json
 from slos.audit import AuditResult, audit, write_audit
 from slos.checkers import INFO_VERDICT, INVALID, UNKNOWN, VALID
 from slos.evaluate import (
@@ -23,18 +20,18 @@ from slos.evaluate import (
     WARNING,
     BaselineError,
     Evaluator,
-    FaultWindow,
     ObjectiveResult,
     load_baseline,
 )
 from slos.model import SloFile, SloFileError, load_slo
 from slos.records import Records, RecordsError, load_run
+from slos.report_html import render_html, tell
+from slos.result import GateResult
 
 EXIT_PASS, EXIT_FAIL, EXIT_UNKNOWN, EXIT_HARNESS = 0, 1, 2, 3
 ERROR = "error"
 EXIT_CODES = {PASS: EXIT_PASS, WARNING: EXIT_PASS, FAIL_TIER: EXIT_FAIL, UNKNOWN: EXIT_UNKNOWN,
               ERROR: EXIT_HARNESS}
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # What each anomaly means to someone who does not read the code ("{n}" is the count).
 PLAIN: dict[str, str] = {
@@ -62,40 +59,6 @@ PLAIN: dict[str, str] = {
 
 class GateError(Exception):
     """The harness could not evaluate the run (exit 3)."""
-
-
-@dataclass(slots=True)
-class GateResult:
-    verdict: str  # pass | warning | fail | unknown | error
-    exit_code: int
-    headline: str
-    run_dir: Path
-    slo: SloFile | None = None
-    objectives: list[ObjectiveResult] = field(default_factory=list)
-    audit: AuditResult | None = None
-    windows: list[FaultWindow] = field(default_factory=list)
-    baseline: dict[str, Any] | None = None
-    problems: list[str] = field(default_factory=list)
-    error: str | None = None
-    outputs: dict[str, str] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "verdict": self.verdict,
-            "exit_code": self.exit_code,
-            "headline": self.headline,
-            "problems": self.problems,
-            "error": self.error,
-            "run_dir": str(self.run_dir),
-            "slo": None if self.slo is None else {"name": self.slo.name, "path": self.slo.path,
-                                                  "description": self.slo.description},
-            "objectives": [o.to_dict() for o in self.objectives],
-            "audit": None if self.audit is None else self.audit.to_dict(),
-            "fault_windows": [w.to_dict() for w in self.windows],
-            "baseline": None if self.baseline is None else {
-                "path": self.baseline.get("_path"), "verdict": self.baseline.get("verdict")},
-            "generated_at": time.time(),
-        }
 
 
 # --- verdict -----------------------------------------------------------------
@@ -161,7 +124,7 @@ def evaluate_run(run_dir: Path, slo_path: Path, baseline: Path | None) -> GateRe
     try:
         records = load_run(run_dir)
     except (RecordsError, OSError) as exc:
-        return _harness_error(run_dir, str(exc))
+        return harness_error(run_dir, str(exc))
     return gate_records(run_dir, records, slo, previous)
 
 
@@ -214,7 +177,8 @@ def gate_records(run_dir: Path, records: Records, slo: SloFile,
     return gate
 
 
-def _harness_error(run_dir: Path, message: str) -> GateResult:
+def harness_error(run_dir: Path, message: str) -> GateResult:
+    """A result for a run the gate could not evaluate; written as result.json if it can be."""
     gate = GateResult(ERROR, EXIT_HARNESS, headline(ERROR, [message], None), run_dir,
                       problems=[message], error=message)
     if run_dir.is_dir():
@@ -222,9 +186,19 @@ def _harness_error(run_dir: Path, message: str) -> GateResult:
     return gate
 
 
-def write_outputs(gate: GateResult, records: Records) -> None:
-    from slos.report_html import render_html, tell  # matplotlib is slow to import; only here
+def recorded_slo(run_dir: Path) -> str:
+    """The SLO file `chaosbed run` recorded in the run's run.json; GateError when there is none."""
+    try:
+        run = read_json(run_dir / "run.json")
+    except RunDirError as exc:
+        raise GateError(str(exc)) from None
+    slo = run.get("slo") if isinstance(run, dict) else None
+    if not slo:
+        raise GateError(f"{run_dir / 'run.json'} records no SLO file")
+    return str(slo)
 
+
+def write_outputs(gate: GateResult, records: Records) -> None:
     run_dir = gate.run_dir
     assert gate.audit is not None
     gate.outputs["audit"] = str(write_audit(gate.audit, run_dir))
@@ -326,45 +300,15 @@ def render_markdown(gate: GateResult, plain: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-# --- CLI ---------------------------------------------------------------------
+# --- text (the command line) ---------------------------------------------------
 
 
-def _resolve(path: str) -> Path:
-    candidate = Path(path)
-    if candidate.exists() or candidate.is_absolute():
-        return candidate
-    in_repo = REPO_ROOT / candidate
-    return in_repo if in_repo.exists() else candidate
-
-
-def _print(gate: GateResult) -> int:
-    print(f"verdict: {gate.verdict.upper()} (exit {gate.exit_code})")
-    print(gate.headline)
-    for problem in gate.problems[:10]:
-        print(f"  - {problem}")
+def render_text(gate: GateResult) -> str:
+    """The verdict, what went wrong (first ten), and where the report is."""
+    lines = [f"verdict: {gate.verdict.upper()} (exit {gate.exit_code})", gate.headline]
+    lines += [f"  - {problem}" for problem in gate.problems[:10]]
     if "html" in gate.outputs:
-        print(f"report: {gate.outputs['html']}")
+        lines.append(f"report: {gate.outputs['html']}")
     elif "result" in gate.outputs:
-        print(f"result: {gate.outputs['result']}")
-    return gate.exit_code
-
-
-def cmd_check(args: argparse.Namespace) -> int:
-    baseline = _resolve(args.baseline) if getattr(args, "baseline", None) else None
-    return _print(evaluate_run(Path(args.run_dir), _resolve(args.slo), baseline))
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    run_dir = Path(args.run_dir)
-    slo = getattr(args, "slo", None)
-    if not slo:
-        try:
-            run = read_json(run_dir / "run.json")
-        except RunDirError as exc:
-            return _print(_harness_error(run_dir, f"no --slo given and {exc}"))
-        slo = run.get("slo") if isinstance(run, dict) else None
-        if not slo:
-            return _print(_harness_error(
-                run_dir, f"no --slo given and {run_dir / 'run.json'} records no SLO file"))
-    baseline = _resolve(args.baseline) if getattr(args, "baseline", None) else None
-    return _print(evaluate_run(run_dir, _resolve(str(slo)), baseline))
+        lines.append(f"result: {gate.outputs['result']}")
+    return "\n".join(lines)

@@ -24,7 +24,8 @@ from typing import Any
 
 import yaml
 
-from chaosbed.rundir import RunDirError, read_json
+from faults.durations import parse_duration
+from rundir import RunDirError, read_json
 
 OK, FAIL, INFO = "ok", "fail", "info"
 DEFAULT_SWEEP_EVERY_S = 2.0
@@ -787,19 +788,10 @@ def _wall(value: Any) -> float | None:
 
 
 def _seconds(value: Any) -> float | None:
-    """A scenario duration: a number of seconds or a string like `60s`, `2m`, `500ms`."""
+    """A recorded scenario duration in seconds; None when absent or not a duration."""
     if value is None:
         return None
-    if isinstance(value, int | float):
-        return float(value)
-    text = str(value).strip()
-    for suffix, factor in (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)):
-        if text.endswith(suffix):
-            try:
-                return float(text[: -len(suffix)]) * factor
-            except ValueError:
-                return None
     try:
-        return float(text)
+        return parse_duration(value)
     except ValueError:
         return None

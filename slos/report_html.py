@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from html import escape
-from typing import TYPE_CHECKING
 
 from slos.audit import AuditResult
 from slos.checkers import INFO_VERDICT, INVALID, UNKNOWN, VALID, Facts
@@ -54,9 +53,7 @@ from slos.report_words import (
     total_sentence,
     unchecked,
 )
-
-if TYPE_CHECKING:
-    from slos.gate import GateResult
+from slos.result import GateResult
 
 _TIER_CLASS = {PASS: "pass", WARNING: "warning", FAIL_TIER: "fail", UNKNOWN: "unknown",
                "error": "fail"}

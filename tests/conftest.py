@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 
 from chaosbed import binaries
-from chaosbed.stack import Stack, free_port
+from chaosbed.proc import free_port, wait_ready
+from chaosbed.stack import Stack, toxiproxy_probe
 from faults import process
-from faults.toxiproxy import Toxiproxy, ToxiproxyError
+from faults.toxiproxy import Toxiproxy
 
 StartStack = Callable[..., Stack]
 WaitUntil = Callable[..., Any]
@@ -56,15 +57,7 @@ def toxiproxy_api(tmp_path: Path) -> Iterator[Toxiproxy]:
     )
     client = Toxiproxy(f"http://127.0.0.1:{port}")
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.version()
-                break
-            except ToxiproxyError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        wait_ready(child, toxiproxy_probe(client), timeout_s=10)
         yield client
     finally:
         client.close()

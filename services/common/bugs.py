@@ -13,6 +13,18 @@ PLANTED_BUGS: dict[str, str] = {
     "ack-before-commit": "notify answered before the commit: lost payment after a crash (P1/P6)",
 }
 
+# The anomaly class each bug must be caught by in the gate-selftest run (the planted-bug matrix:
+# benchmarks/bench_gate.py, tests/integration/test_gate_matrix.py).
+EXPECTED_CLASSES: dict[str, str] = {
+    "notify-not-idempotent": "P9",  # duplicate effect
+    "no-active-query": "P6",  # orphan charge (also P1, O3)
+    "stock-check-then-act": "I1",  # oversell (also I2)
+    "new-payment-on-retry": "P8",  # duplicate charge
+    "skip-signature-check": "P12",  # forged accepted (also P7)
+    "no-refund-on-late-pay": "P6",  # orphan charge
+    "ack-before-commit": "P13",  # acknowledged notification never recorded
+}
+
 
 class UnknownBugError(ValueError):
     """CHAOSBED_BUGS names a bug that does not exist."""

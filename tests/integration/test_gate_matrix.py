@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.bench_gate import EXPECTED_CLASS, GateRun, run_gate
-from services.common.bugs import PLANTED_BUGS
+from benchmarks.bench_gate import GateRun, run_gate
+from services.common.bugs import EXPECTED_CLASSES, PLANTED_BUGS
 
 pytestmark = [pytest.mark.integration, pytest.mark.gate_matrix]
 
@@ -32,15 +32,15 @@ def test_the_correct_build_passes_the_gate_selftest(tmp_path: Path) -> None:
     assert run.invalid == {}, _evidence(run)
 
 
-@pytest.mark.parametrize("bug", sorted(EXPECTED_CLASS))
+@pytest.mark.parametrize("bug", sorted(EXPECTED_CLASSES))
 def test_a_planted_bug_fails_the_gate_on_its_class(bug: str, tmp_path: Path) -> None:
     run = run_gate((bug,), tmp_path)
     assert run.run_dir is not None, run.output
     assert json.loads((run.run_dir / "run.json").read_text())["bugs"] == [bug]
     assert run.exit_code == 1, _evidence(run)
-    expected = EXPECTED_CLASS[bug]
+    expected = EXPECTED_CLASSES[bug]
     assert run.invalid.get(expected, 0) >= 1, f"{bug} not caught as {expected}: " + _evidence(run)
 
 
 def test_every_planted_bug_is_in_the_matrix() -> None:
-    assert set(EXPECTED_CLASS) == set(PLANTED_BUGS)
+    assert set(EXPECTED_CLASSES) == set(PLANTED_BUGS)

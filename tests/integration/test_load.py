@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from chaosbed.proc import free_port
 from chaosbed.stack import Stack
 from loadtests.runner import check_pairing, locust_command, read_history, worker_counts
 
@@ -25,7 +26,7 @@ def run_load(stack: Stack, *, duration_s: float, workers: int) -> tuple[Path, di
     run_dir = Path(stack.info["run_dir"])
     argv, env = locust_command(
         stack_info=stack.info, load=LOAD, duration_s=duration_s, seed=7, run_dir=run_dir,
-        workers=workers,
+        workers=workers, master_port=free_port() if workers else None,
     )
     done = subprocess.run(
         argv, env={**os.environ, **env}, cwd=REPO, capture_output=True, text=True, timeout=120

@@ -25,7 +25,8 @@ import pytest
 
 from chaosbed import binaries
 from chaosbed.harness_metrics import HarnessMetrics
-from chaosbed.stack import Stack, free_port
+from chaosbed.proc import free_port
+from chaosbed.stack import Stack
 from dashboards.build import dashboard_queries
 from loadtests.runner import locust_command
 from services.common.telemetry import iter_log_records

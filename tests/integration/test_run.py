@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from chaosbed import rundir
+import rundir
 from faults import process
 from faults.drivers import toxic_name
 from faults.scenario import load_scenario

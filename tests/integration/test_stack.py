@@ -113,7 +113,7 @@ def test_down_refuses_connections_and_reset_heals(toxiproxy_api: Toxiproxy) -> N
 
 
 def test_unreachable_api_is_a_clear_error() -> None:
-    from chaosbed.stack import free_port
+    from chaosbed.proc import free_port
 
     with Toxiproxy(f"http://127.0.0.1:{free_port()}", timeout_s=0.5) as dead, pytest.raises(
         ToxiproxyError, match="unreachable"
@@ -289,7 +289,7 @@ def test_no_orphans_when_the_caller_is_killed(tmp_path: Any) -> None:
     import subprocess
     import sys
 
-    from chaosbed.stack import PROJECT_ROOT
+    from chaosbed.proc import PROJECT_ROOT
 
     caller = subprocess.Popen(
         [sys.executable, "-c", _CRASHING_CALLER, str(tmp_path)],
@@ -314,7 +314,7 @@ def _chaosbed_up(runs_dir: Any, **env: str) -> Any:
     import subprocess
     import sys
 
-    from chaosbed.stack import PROJECT_ROOT
+    from chaosbed.proc import PROJECT_ROOT
 
     return subprocess.Popen(
         [sys.executable, "-m", "chaosbed", "up", "--runs-dir", str(runs_dir)],

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -18,6 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
+from chaosbed.proc import NotReady, free_port, http_probe, wait_ready
+from faults import process
 from services.common.signing import SIGNATURE_HEADER, verify
 
 pytestmark = pytest.mark.integration
@@ -25,13 +24,6 @@ pytestmark = pytest.mark.integration
 SECRET = "restart-secret"
 TOKEN = "restart-token"
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def wait_for(predicate: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
@@ -67,7 +59,7 @@ def received() -> Iterator[tuple[str, list[tuple[dict[str, str], bytes]]]]:
         thread.join(timeout=5)
 
 
-def start_channel(db: Path, port: int, notify_url: str, log: Path) -> subprocess.Popen[bytes]:
+def start_channel(db: Path, port: int, notify_url: str, log: Path) -> process.Child:
     env = {
         **os.environ,
         "CHAOSBED_PORT": str(port),
@@ -76,31 +68,17 @@ def start_channel(db: Path, port: int, notify_url: str, log: Path) -> subprocess
         "CHAOSBED_NOTIFY_SECRET": SECRET,
         "CHAOSBED_NOTIFY_URL": notify_url,
     }
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "services.channel"], cwd=ROOT, env=env, stdout=out, stderr=out
-        )
-    url = f"http://127.0.0.1:{port}/healthz"
-
-    def healthy() -> bool:
-        assert proc.poll() is None, f"channel exited early: {log.read_text()[-2000:]}"
+    child = process.Child(
+        [sys.executable, "-m", "services.channel"], env=env, log_path=log, cwd=ROOT,
+        name="channel",
+    )
+    with httpx.Client(timeout=0.5) as client:
         try:
-            return httpx.get(url, timeout=0.5).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_for(healthy, "the channel to serve")
-    return proc
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+            wait_ready(child, http_probe(client, f"http://127.0.0.1:{port}/healthz"), 20.0)
+        except NotReady as exc:
+            child.stop()
+            pytest.fail(f"{exc}: {log.read_text()[-2000:]}")
+    return child
 
 
 def test_sigkill_then_restart_delivers_the_pending_notification(
@@ -118,10 +96,9 @@ def test_sigkill_then_restart_delivers_the_pending_notification(
         created = httpx.post(f"{base}/payments", json={"merchant_order_id": "o-1", "amount": 42})
         pid = created.json()["payment_id"]
         assert httpx.post(f"{base}/payments/{pid}/pay").status_code == 200
-        first.send_signal(signal.SIGKILL)  # before the delayed first attempt
-        first.wait(timeout=10)
+        first.kill()  # before the delayed first attempt
     finally:
-        stop(first)
+        first.stop(10.0)
     assert got == []
 
     second = start_channel(db, port, notify_url, log)
@@ -135,7 +112,7 @@ def test_sigkill_then_restart_delivers_the_pending_notification(
         wait_for(acked, "the acked attempt in the export")
         state = httpx.get(f"{base}/payments/{pid}").json()
     finally:
-        stop(second)
+        second.stop(10.0)
     headers, body = got[0]
     verify(SECRET, headers[SIGNATURE_HEADER.lower()], body, now=time.time(), tolerance_s=300)
     assert json.loads(body)["payment_id"] == pid

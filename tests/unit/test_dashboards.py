@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from chaosbed.commands import cmd_dashboards
 from dashboards import build
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,10 +39,10 @@ def test_committed_json_is_what_the_builders_produce() -> None:
 
 def test_rendering_is_deterministic(tmp_path: Path) -> None:
     lines: list[str] = []
-    assert build.cmd_dashboards(argparse.Namespace(out=str(tmp_path)), out=lines.append) == 0
+    assert cmd_dashboards(argparse.Namespace(out=str(tmp_path)), out=lines.append) == 0
     first = {p.name: p.read_bytes() for p in tmp_path.glob("*.json")}
     (tmp_path / "removed-dashboard.json").write_text("{}")
-    assert build.cmd_dashboards(argparse.Namespace(out=str(tmp_path)), out=lines.append) == 0
+    assert cmd_dashboards(argparse.Namespace(out=str(tmp_path)), out=lines.append) == 0
     second = {p.name: p.read_bytes() for p in tmp_path.glob("*.json")}
     assert first == second  # same bytes, and the stale file is gone
     assert len(first) == 4 and any("overview.json" in line for line in lines)

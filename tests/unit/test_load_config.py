@@ -97,11 +97,13 @@ def test_locust_command_single_process(tmp_path: Path) -> None:
 def test_locust_command_with_workers_binds_the_master_to_loopback(tmp_path: Path) -> None:
     (tmp_path / "stack.json").write_text(json.dumps(STACK))
     argv, env = locust_command(
-        stack_info=STACK, load={}, duration_s=5, seed=1, run_dir=tmp_path, workers=2
+        stack_info=STACK, load={}, duration_s=5, seed=1, run_dir=tmp_path, workers=2,
+        master_port=23456,
     )
     assert argv[argv.index("--processes") + 1] == "2"
     assert argv[argv.index("--master-bind-host") + 1] == "127.0.0.1"
-    assert argv[argv.index("--master-bind-port") + 1] == argv[argv.index("--master-port") + 1]
+    assert argv[argv.index("--master-bind-port") + 1] == "23456"
+    assert argv[argv.index("--master-port") + 1] == "23456"
     assert env["CHAOSBED_STACK_JSON"] == str(tmp_path / "stack.json")
 
 
@@ -109,6 +111,8 @@ def test_locust_command_with_workers_binds_the_master_to_loopback(tmp_path: Path
     ("kwargs", "message"),
     [
         ({"workers": -1}, "workers"),
+        ({"workers": 2}, "needs master_port"),
+        ({"workers": 2, "master_port": 0}, "needs master_port"),
         ({"duration_s": 0}, "duration_s"),
         ({"load": {"shape": "nope"}}, "load.shape"),
         ({"stack_info": {"proxies": {}}}, "proxies.client_order.url"),

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from chaosbed import proc
 from chaosbed import run as run_module
 from slos.evaluate import FaultWindow, fault_windows
 from slos.records import Op
@@ -121,7 +122,7 @@ def test_run_context_reads_the_build_and_the_date(tmp_path: Path) -> None:
 
 
 def test_the_build_identity_falls_back_to_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=run_module.PROJECT_ROOT,
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=proc.PROJECT_ROOT,
                           capture_output=True, text=True, check=False).stdout.strip()
     if head:
         assert run_module.build_identity()["git_revision"] == head

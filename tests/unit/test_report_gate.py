@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from chaosbed.commands import cmd_check, cmd_report
 from slos.checkers import CHECKERS
-from slos.gate import cmd_check, cmd_report, evaluate_run
+from slos.gate import evaluate_run
 from slos.records import Records, RecordsError, load_run
 from slos.synthetic import clean_run, write_run
 

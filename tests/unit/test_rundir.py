@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from chaosbed import binaries, rundir
+import rundir
+from chaosbed import binaries
 
 
 def test_run_dir_is_named_by_utc_time_and_never_reused(tmp_path: Path) -> None:

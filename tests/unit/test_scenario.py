@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from faults.catalog import FAULTS, LatencyParams, SlicerParams, parse_duration
+from faults.catalog import FAULTS, LatencyParams, SlicerParams
+from faults.durations import parse_duration
 from faults.scenario import (
     SCENARIO_DIR,
     ScenarioError,

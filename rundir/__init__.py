@@ -1,4 +1,7 @@
-"""The one run-directory writer: `runs/<UTC yyyymmddTHHMMSSZ>-<name>/` and its json/ndjson files."""
+"""The run-directory leaf: `runs/<UTC yyyymmddTHHMMSSZ>-<name>/` and its json/ndjson files.
+
+Every package may import it; it imports nothing of ours.
+"""
 
 from __future__ import annotations
 

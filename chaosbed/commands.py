@@ -1,0 +1,197 @@
+"""Every `chaosbed` command: read the arguments, call the library that does the work, print.
+
+Each command imports its libraries when it runs: `chaosbed scenarios` must not pay for
+matplotlib (the gate's report) or the Grafana SDK.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from chaosbed import proc
+from chaosbed.exits import EXIT_HARNESS, EXIT_USAGE
+
+
+def in_repo(path: str | Path) -> Path:
+    """A relative path that does not exist here but does in the repository (`slos/x.yaml`)."""
+    candidate = Path(path)
+    if candidate.exists() or candidate.is_absolute():
+        return candidate
+    inside = proc.PROJECT_ROOT / candidate
+    return inside if inside.exists() else candidate
+
+
+# --- chaosbed up ---------------------------------------------------------------------
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """`chaosbed up`: start the stack, print where everything is, run until Ctrl-C."""
+    import rundir
+    from chaosbed import binaries
+    from chaosbed.stack import Stack, StackError, describe
+    from faults import process
+    from services.common.bugs import parse_bugs
+
+    try:
+        bugs = sorted(parse_bugs(args.bugs or ""))
+        run_dir = rundir.create_run_dir(args.runs_dir, "up")
+    except ValueError as exc:
+        print(f"chaosbed up: {exc}", file=sys.stderr)
+        return EXIT_HARNESS
+    stop_requested = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        stop_requested.set()
+
+    previous = {
+        sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        try:
+            stack = Stack.start(run_dir, bugs=bugs, observe=bool(args.observe))
+        except (StackError, binaries.MissingBinary, process.ProcessError, ValueError) as exc:
+            first_line = str(exc).splitlines()[0]
+            print(f"chaosbed up: stack did not start: {first_line}", file=sys.stderr)
+            print(f"chaosbed up: details in {run_dir}", file=sys.stderr)
+            return EXIT_HARNESS
+        with stack:
+            print(describe(stack), flush=True)
+            while not stop_requested.wait(0.5):
+                pass
+            print("chaosbed up: stopping", flush=True)
+        return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+# --- chaosbed run / scenarios ----------------------------------------------------------
+
+
+def cmd_scenarios(args: argparse.Namespace) -> int:
+    from faults.scenario import ScenarioError, list_scenarios
+
+    try:
+        scenarios = list_scenarios()
+    except ScenarioError as exc:
+        print(f"chaosbed scenarios: {exc}", file=sys.stderr)
+        return EXIT_HARNESS
+    width = max((len(name) for name, _ in scenarios), default=0)
+    for name, description in scenarios:
+        print(f"{name:<{width}}  {description}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """`chaosbed run`: every input is checked here, before anything starts."""
+    from chaosbed.run import RunPipeline, say
+    from faults.scenario import ScenarioError, load_scenario, scenario_path
+    from services.common.bugs import UnknownBugError, parse_bugs
+
+    try:
+        scenario = load_scenario(args.scenario)
+    except ScenarioError as exc:
+        say(f"bad scenario: {exc}")
+        return EXIT_HARNESS
+    if args.workers < 0:
+        say(f"--workers must be >= 0, got {args.workers}")
+        return EXIT_USAGE
+    try:
+        bugs = sorted(parse_bugs(args.bugs or ""))
+    except UnknownBugError as exc:
+        say(f"--bugs: {exc}")
+        return EXIT_USAGE
+    slo_path = in_repo(args.slo) if args.slo else None
+    if slo_path is not None:
+        problem = _slo_problem(slo_path)
+        if problem:
+            say(f"bad SLO file: {problem}")
+            return EXIT_HARNESS
+    baseline = Path(args.baseline) if args.baseline else None
+    if baseline is not None and not (baseline / "result.json").is_file():
+        say(f"--baseline {baseline}: not a finished run directory (no result.json)")
+        return EXIT_HARNESS
+    attach = Path(args.attach) if args.attach else None
+    if attach is not None and not attach.is_file():
+        say(f"--attach {attach}: no such stack.json")
+        return EXIT_HARNESS
+
+    pipeline = RunPipeline(
+        scenario,
+        scenario_text=scenario_path(args.scenario).read_text(),
+        runs_dir=Path(args.runs_dir),
+        bugs=bugs,
+        workers=args.workers,
+        slo_path=slo_path,
+        baseline=baseline,
+        attach=attach,
+        observe=bool(args.observe),
+    )
+    return pipeline.execute()
+
+
+def _slo_problem(path: Path) -> str | None:
+    """The SLO file's load error, or None."""
+    from slos.model import load_slo
+
+    if not path.is_file():
+        return f"{path}: no such file"
+    try:
+        load_slo(path)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+# --- chaosbed check / report -----------------------------------------------------------
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from slos.gate import evaluate_run, render_text
+
+    baseline = in_repo(args.baseline) if getattr(args, "baseline", None) else None
+    gate = evaluate_run(Path(args.run_dir), in_repo(args.slo), baseline)
+    print(render_text(gate))
+    return gate.exit_code
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """`chaosbed report`: rebuild the outputs, with the SLO file the run recorded by default."""
+    from slos.gate import GateError, evaluate_run, harness_error, recorded_slo, render_text
+
+    run_dir = Path(args.run_dir)
+    slo: str | None = getattr(args, "slo", None)
+    if not slo:
+        try:
+            slo = recorded_slo(run_dir)
+        except GateError as exc:
+            failed = harness_error(run_dir, f"no --slo given and {exc}")
+            print(render_text(failed))
+            return failed.exit_code
+    baseline = in_repo(args.baseline) if getattr(args, "baseline", None) else None
+    gate = evaluate_run(run_dir, in_repo(slo), baseline)
+    print(render_text(gate))
+    return gate.exit_code
+
+
+# --- chaosbed dashboards ---------------------------------------------------------------
+
+
+def cmd_dashboards(args: argparse.Namespace, *, out: Callable[[str], None] = print) -> int:
+    """`chaosbed dashboards`: regenerate dashboards/json/*.json from the builders."""
+    from dashboards.build import JSON_DIR, write
+
+    json_dir = Path(getattr(args, "out", None) or JSON_DIR)
+    try:
+        written = write(json_dir)
+    except OSError as exc:
+        print(f"chaosbed dashboards: cannot write {json_dir}: {exc}", file=sys.stderr)
+        return EXIT_HARNESS
+    for path in written:
+        out(f"wrote {path}")
+    return 0
