@@ -160,3 +160,16 @@ def test_a_clash_with_existing_rows_is_refused_and_rolled_back(tmp_path: Path) -
 def test_copies_must_be_positive(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="copies must be >= 1"):
         history_seed.clone_database(tmp_path / "x.db", 0)
+
+
+# --- Locust CPU per journey ------------------------------------------------------------------
+
+
+def test_slope_separates_the_cost_per_journey_from_the_fixed_start_cost() -> None:
+    from benchmarks.bench_load import slope
+
+    # 1.5 s to start Locust, then 3 ms per journey
+    steps = [(journeys, 1.5 + 0.003 * journeys) for journeys in (160, 320, 640)]
+    assert slope(steps) == pytest.approx(0.003)
+    assert slope([(160, 2.0)]) is None
+    assert slope([(160, 2.0), (160, 2.1)]) is None
