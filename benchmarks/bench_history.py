@@ -122,8 +122,9 @@ def main() -> dict[str, object]:
             rates: dict[str, list[float]] = {label: [] for label in stacks}
             failed = 0
             for round_no in range(ROUNDS):
-                for label, stack in stacks.items():
-                    other = stacks["history" if label == "fresh" else "fresh"]
+                order = ("fresh", "history") if round_no % 2 == 0 else ("history", "fresh")
+                for label in order:  # alternating, so neither always runs on a warmer machine
+                    stack, other = stacks[label], stacks["history" if label == "fresh" else "fresh"]
                     with paused(other):
                         result = _measure(stack, tallies[label], warm=round_no == 0)
                     rates[label].append(result.rate)

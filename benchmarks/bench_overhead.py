@@ -43,7 +43,7 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Header
 from pydantic import BaseModel, Field
 
-ROUNDS = 5
+ROUNDS = 3
 REQUESTS = {"minimal": 3000, "order": 600}
 WARMUP = {"minimal": 300, "order": 60}
 CONCURRENCY = {"minimal": 1, "order": 16}

@@ -162,14 +162,38 @@ def test_copies_must_be_positive(tmp_path: Path) -> None:
         history_seed.clone_database(tmp_path / "x.db", 0)
 
 
-# --- Locust CPU per journey ------------------------------------------------------------------
+# --- Locust CPU per journey (bench_load) ---------------------------------------------------
 
 
-def test_slope_separates_the_cost_per_journey_from_the_fixed_start_cost() -> None:
-    from benchmarks.bench_load import slope
+def test_window_delta_takes_the_samples_inside_the_window() -> None:
+    from benchmarks.bench_load import window_delta
 
-    # 1.5 s to start Locust, then 3 ms per journey
-    steps = [(journeys, 1.5 + 0.003 * journeys) for journeys in (160, 320, 640)]
-    assert slope(steps) == pytest.approx(0.003)
-    assert slope([(160, 2.0)]) is None
-    assert slope([(160, 2.0), (160, 2.1)]) is None
+    samples = [
+        (10.0, {"order": 1.0, "locust:7": 0.5}),
+        (10.2, {"order": 1.1, "locust:7": 0.6, "locust:8": 0.1}),
+        (10.4, {"order": 1.3, "locust:7": 0.8, "locust:8": 0.2}),
+        (10.6, {"order": 9.0, "locust:7": 9.0}),
+    ]
+    t0, t1, cpu = window_delta(samples, 10.1, 10.5)
+    assert (t0, t1) == (10.2, 10.4)
+    assert cpu == pytest.approx({"order": 0.2, "locust:7": 0.2, "locust:8": 0.1})
+    with pytest.raises(ValueError, match="fewer than two CPU samples"):
+        window_delta(samples, 10.5, 10.55)
+
+
+def test_a_journey_counts_once_paid_and_seen_paid() -> None:
+    from benchmarks.bench_load import journey_times
+
+    def rec(f: str, kind: str, key: str, wall: float, status: str | None = None) -> dict:
+        return {"f": f, "type": kind, "key": key, "wall": wall,
+                "value": {"status": status} if status else None}
+
+    history = [
+        rec("place_order", "invoke", "a", 1.0), rec("place_order", "invoke", "b", 1.5),
+        rec("place_order", "invoke", "c", 2.0),
+        rec("pay", "ok", "a", 2.1), rec("poll", "ok", "a", 2.5, "AWAITING_PAYMENT"),
+        rec("poll", "ok", "a", 2.9, "PAID"), rec("poll", "ok", "a", 3.5, "PAID"),
+        rec("pay", "fail", "b", 2.2), rec("poll", "ok", "b", 2.6, "PAID"),  # pay not ok
+        rec("pay", "ok", "c", 2.3),  # never seen PAID
+    ]
+    assert journey_times(history) == (1.0, [2.9])
