@@ -13,7 +13,8 @@ of the trivial server per request at the journeys' concurrency (`_serial`: one r
 time, no wake-ups shared between requests); `journey_cost_in_trivial_requests` the quotient
 journey / trivial request (how many trivial requests one paid journey costs).
 `flow_toxiproxy_rps` / `flow_direct_rps` are paid journeys per wall second (median of the
-rounds), `flow_toxiproxy_vs_direct` their ratio.
+rounds), `flow_toxiproxy_vs_direct` their ratio; `flow_cpu_direct_over_toxiproxy` is the
+same comparison in CPU per journey (direct / proxied), steadier when the machine is busy.
 The driver's own CPU per journey is reported too (`driver_cpu_ms_per_journey`): it must stay
 small next to the stack's, or the benchmark measures itself.
 """
@@ -118,6 +119,10 @@ async def _run(proxied: Stack, direct: Stack, trivial: TrivialServer) -> dict[st
         figures[f"flow_{label}_p95_ms"] = quantile_ms(latencies[label], 0.95)
     figures["flow_toxiproxy_vs_direct"] = round(
         statistics.median(rates["toxiproxy"]) / statistics.median(rates["direct"]), 3
+    )
+    # what the throughput ratio would be on a machine where CPU alone sets the pace
+    figures["flow_cpu_direct_over_toxiproxy"] = round(
+        float(figures["journey_cpu_ms_direct_total"]) / total, 3  # type: ignore[arg-type]
     )
     figures["polls_per_journey"] = round(polls / paid, 2) if paid else None
     figures["driver_cpu_ms_per_journey"] = round(1000 * driver_cpu_s / paid, 3) if paid else None
