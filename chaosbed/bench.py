@@ -15,7 +15,9 @@ import time
 import traceback
 from pathlib import Path
 
-BENCHMARKS = ("bench_overhead", "bench_flow", "bench_load", "bench_audit", "bench_gate")
+BENCHMARKS = (
+    "bench_overhead", "bench_flow", "bench_history", "bench_load", "bench_audit", "bench_gate",
+)
 
 
 def main(argv: list[str] | None = None) -> int:

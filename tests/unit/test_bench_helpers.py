@@ -1,0 +1,199 @@
+"""The helpers the benchmarks compute their figures with: /proc CPU reads, history cloning."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from benchmarks import history_seed, proc_cpu
+
+# --- /proc/<pid>/stat --------------------------------------------------------------------
+
+
+def _own_stat() -> str:
+    return Path(f"/proc/{os.getpid()}/stat").read_text()
+
+
+def test_stat_parsing_reads_utime_and_stime_of_a_real_stat_line() -> None:
+    stat = _own_stat()
+    fields = stat[stat.rfind(")") + 2 :].split()
+    # fields 14 and 15 of proc(5), counted from the state field (3)
+    assert proc_cpu.parse_stat_ticks(stat) == int(fields[11]) + int(fields[12])
+
+
+def test_stat_parsing_survives_a_command_name_with_spaces_and_parentheses() -> None:
+    stat = _own_stat()
+    pid, rest = stat.split(" (", 1)
+    tricky = f"{pid} (py (bench) 1) 2){rest[rest.rfind(')') + 1 :]}"
+    assert proc_cpu.parse_stat_ticks(tricky) == proc_cpu.parse_stat_ticks(stat)
+
+
+def test_cpu_seconds_grows_with_work_done() -> None:
+    before = proc_cpu.cpu_seconds(os.getpid())
+    ticks_before = os.times()
+    # enough work for several clock ticks, however fast the machine
+    total = 0
+    while os.times().user + os.times().system - ticks_before.user - ticks_before.system < 0.05:
+        total += sum(range(10_000))
+    assert proc_cpu.cpu_seconds(os.getpid()) > before
+
+
+@pytest.mark.parametrize(
+    "line, problem",
+    [("no parenthesis here", r"no '\)'"), ("1 (x) S 1 2", "too short"),
+     ("1 (x) S 1 2 3 4 5 6 7 8 9 10 u s 1", "not integers")],
+)
+def test_a_bad_stat_line_is_refused_with_the_problem(line: str, problem: str) -> None:
+    with pytest.raises(proc_cpu.ProcCpuError, match=problem):
+        proc_cpu.parse_stat_ticks(line)
+
+
+def test_a_gone_process_names_its_pid() -> None:
+    with pytest.raises(proc_cpu.ProcCpuError, match="pid 999999999"):
+        proc_cpu.cpu_seconds(999_999_999)
+
+
+def test_per_unit_ms_divides_each_process_delta() -> None:
+    per = proc_cpu.per_unit_ms({"order": 1.0, "channel": 2.0}, {"order": 1.5, "channel": 2.1}, 50)
+    assert per == pytest.approx({"order": 10.0, "channel": 2.0})
+    with pytest.raises(ValueError, match="units must be > 0"):
+        proc_cpu.per_unit_ms({"order": 1.0}, {"order": 2.0}, 0)
+    with pytest.raises(ValueError, match="channel"):
+        proc_cpu.per_unit_ms({"order": 1.0}, {"order": 2.0, "channel": 1.0}, 1)
+
+
+# --- history cloning -----------------------------------------------------------------------
+
+SCHEMA = """
+CREATE TABLE orders (order_id TEXT PRIMARY KEY, idempotency_key TEXT NOT NULL UNIQUE,
+    status TEXT NOT NULL, created_at REAL NOT NULL, t_paid REAL, ttl REAL NOT NULL);
+CREATE TABLE ledger (seq INTEGER PRIMARY KEY AUTOINCREMENT, txn_id TEXT, order_id TEXT NOT NULL,
+    t REAL NOT NULL, refund_id TEXT UNIQUE);
+CREATE TRIGGER ledger_append_only BEFORE DELETE ON ledger BEGIN SELECT RAISE(ABORT, 'no'); END;
+CREATE TABLE stock (sku TEXT PRIMARY KEY, available INTEGER NOT NULL);
+CREATE TABLE recon_cursor (id INTEGER PRIMARY KEY CHECK (id = 1), cursor INTEGER NOT NULL,
+    swept_at REAL);
+"""
+
+
+def _template(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    conn.executescript(SCHEMA)
+    conn.executemany(
+        "INSERT INTO orders VALUES (?, ?, 'PAID', ?, ?, 60.0)",
+        [("o1", "k1", 1000.0, 1001.0), ("o2", "k2", 1002.0, None)],
+    )
+    conn.executemany(
+        "INSERT INTO ledger (txn_id, order_id, t, refund_id) VALUES (?, ?, ?, NULL)",
+        [("x1", "o1", 1001.0), ("x2", "o2", 1003.0)],
+    )
+    conn.execute("INSERT INTO stock VALUES ('bench', 5)")
+    conn.execute("INSERT INTO recon_cursor VALUES (1, 2, NULL)")
+    conn.commit()
+    conn.close()
+
+
+def _rows(path: Path, sql: str) -> list[tuple[object, ...]]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def test_cloning_suffixes_ids_backdates_times_and_keeps_durations(tmp_path: Path) -> None:
+    db = tmp_path / "order.db"
+    _template(db)
+    clones = {c.table: c for c in history_seed.clone_database(db, 3)}
+
+    assert set(clones) == {"orders", "ledger"}  # stock and the cursor have no identifiers
+    assert clones["orders"].rows_after == 8 and clones["ledger"].rows_after == 8
+    step, age = history_seed.STEP_S, history_seed.AGE_S
+    assert ("o1-h2", "k1-h2", "PAID", 1000.0 - 2 * step - age, 1001.0 - 2 * step - age, 60.0) in (
+        _rows(db, "SELECT * FROM orders")
+    )
+    assert ("o2-h3", None) in _rows(db, "SELECT order_id, t_paid FROM orders")
+    ledger = _rows(db, "SELECT seq, txn_id, order_id, refund_id FROM ledger ORDER BY seq")
+    # template rows keep their sequence numbers; copies follow, the oldest copy first
+    assert ledger[:2] == [(1, "x1", "o1", None), (2, "x2", "o2", None)]
+    assert [row[0] for row in ledger] == list(range(1, 9))
+    assert ledger[2][1:3] == ("x1-h3", "o1-h3") and ledger[-1][1:3] == ("x2-h1", "o2-h1")
+    assert _rows(db, "SELECT * FROM stock") == [("bench", 5)]
+
+
+def test_ids_agree_across_databases_cloned_with_the_same_copies(tmp_path: Path) -> None:
+    order_db, channel_db = tmp_path / "order.db", tmp_path / "channel.db"
+    _template(order_db)
+    _template(channel_db)
+    history_seed.clone_database(order_db, 2)
+    history_seed.clone_database(channel_db, 2)
+    assert _rows(order_db, "SELECT order_id FROM orders ORDER BY order_id") == _rows(
+        channel_db, "SELECT order_id FROM ledger ORDER BY order_id"
+    )
+
+
+def test_cursor_moves_past_the_cloned_ledger(tmp_path: Path) -> None:
+    order_db, channel_db = tmp_path / "order.db", tmp_path / "channel.db"
+    _template(order_db)
+    _template(channel_db)
+    history_seed.clone_database(channel_db, 4)
+    assert history_seed.advance_recon_cursor(order_db, channel_db) == 10
+    assert _rows(order_db, "SELECT cursor FROM recon_cursor") == [(10,)]
+
+
+def test_a_clash_with_existing_rows_is_refused_and_rolled_back(tmp_path: Path) -> None:
+    db = tmp_path / "order.db"
+    _template(db)
+    conn = sqlite3.connect(db)
+    conn.execute("INSERT INTO orders VALUES ('o1-h1', 'k9', 'PAID', 1.0, NULL, 60.0)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(history_seed.HistorySeedError, match="table orders"):
+        history_seed.clone_database(db, 2)
+    assert len(_rows(db, "SELECT * FROM orders")) == 3
+    assert len(_rows(db, "SELECT * FROM ledger")) == 2
+
+
+def test_copies_must_be_positive(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="copies must be >= 1"):
+        history_seed.clone_database(tmp_path / "x.db", 0)
+
+
+# --- Locust CPU per journey (bench_load) ---------------------------------------------------
+
+
+def test_window_delta_takes_the_samples_inside_the_window() -> None:
+    from benchmarks.bench_load import window_delta
+
+    samples = [
+        (10.0, {"order": 1.0, "locust:7": 0.5}),
+        (10.2, {"order": 1.1, "locust:7": 0.6, "locust:8": 0.1}),
+        (10.4, {"order": 1.3, "locust:7": 0.8, "locust:8": 0.2}),
+        (10.6, {"order": 9.0, "locust:7": 9.0}),
+    ]
+    t0, t1, cpu = window_delta(samples, 10.1, 10.5)
+    assert (t0, t1) == (10.2, 10.4)
+    assert cpu == pytest.approx({"order": 0.2, "locust:7": 0.2, "locust:8": 0.1})
+    with pytest.raises(ValueError, match="fewer than two CPU samples"):
+        window_delta(samples, 10.5, 10.55)
+
+
+def test_a_journey_counts_once_paid_and_seen_paid() -> None:
+    from benchmarks.bench_load import journey_times
+
+    def rec(f: str, kind: str, key: str, wall: float, status: str | None = None) -> dict:
+        return {"f": f, "type": kind, "key": key, "wall": wall,
+                "value": {"status": status} if status else None}
+
+    history = [
+        rec("place_order", "invoke", "a", 1.0), rec("place_order", "invoke", "b", 1.5),
+        rec("place_order", "invoke", "c", 2.0),
+        rec("pay", "ok", "a", 2.1), rec("poll", "ok", "a", 2.5, "AWAITING_PAYMENT"),
+        rec("poll", "ok", "a", 2.9, "PAID"), rec("poll", "ok", "a", 3.5, "PAID"),
+        rec("pay", "fail", "b", 2.2), rec("poll", "ok", "b", 2.6, "PAID"),  # pay not ok
+        rec("pay", "ok", "c", 2.3),  # never seen PAID
+    ]
+    assert journey_times(history) == (1.0, [2.9])
