@@ -142,7 +142,8 @@ def create_app(
                 {
                     "name": SIGNATURE_HEADER,
                     "in": "header",
-                    "required": False,
+                    # read by hand so a missing one is the contract's 400 bad_signature
+                    "required": True,
                     "schema": {"type": "string"},
                     "description": "t=<unix seconds>,v1=<HMAC-SHA256 hex of '<t>.<body>'>",
                 }

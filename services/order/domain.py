@@ -179,9 +179,13 @@ Amount = Annotated[int, Field(ge=1, le=MAX_AMOUNT)]
 
 
 class Notification(BaseModel):
-    """The channel's payment notification body (docs/contracts.md)."""
+    """The channel's payment notification body (docs/contracts.md).
 
-    model_config = ConfigDict(extra="ignore")
+    Strict: a signed `"amount": "1234"` or `"paid_at": true` is malformed (422), not coerced;
+    unknown fields are ignored so the channel may add some.
+    """
+
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     notify_id: Id
     payment_id: Id
