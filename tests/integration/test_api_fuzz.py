@@ -67,7 +67,7 @@ def _schemathesis(stack: Stack, service: str, report_dir: Path) -> dict[str, Any
         "CHAOSBED_NOTIFY_SECRET": stack.info["notify_secret"],
     }
     done = subprocess.run(
-        argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False
+        argv, cwd=report_dir, env=env, capture_output=True, text=True, timeout=300, check=False
     )
     reports = sorted(report_dir.glob("*.json"))
     assert reports, f"schemathesis wrote no report (exit {done.returncode}):\n{done.stderr[-3000:]}"
