@@ -140,7 +140,7 @@ class Stack:
             if not isinstance(key, str) or not isinstance(value, str):
                 raise StackError(f"service_env[{key!r}]={value!r}: names and values must be str")
         run_dir = Path(run_dir).resolve()
-        run_dir.mkdir(parents=True, exist_ok=True)
+        run_dir.mkdir(mode=rundir.RUN_DIR_MODE, parents=True, exist_ok=True)
         ports = {name: proc.free_port() for name in SERVICES}
         info: dict[str, Any] = {
             "run_dir": str(run_dir),
@@ -529,7 +529,9 @@ def describe(stack: Stack) -> str:
     for name, url in (info.get("observe") or {}).items():
         if isinstance(url, str) and url.startswith("http"):
             lines.append(f"{name:<18} {url}")
-    lines.append(f"admin token        {info['admin_token']}")
-    lines.append(f"stack.json         {Path(info['run_dir']) / 'stack.json'}")
+    stack_json = Path(info["run_dir"]) / "stack.json"
+    lines.append(f"stack.json         {stack_json}")
+    # printed output ends up in logs: the token stays in the 0600 file
+    lines.append(f"admin token        jq -r .admin_token {stack_json}")
     lines.append("Ctrl-C to stop")
     return "\n".join(lines)

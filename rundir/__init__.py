@@ -16,6 +16,11 @@ from types import TracebackType
 from typing import Any, TextIO
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# a run directory holds stack.json (admin token, notify secret): only its owner may enter
+RUN_DIR_MODE = 0o700
+# files holding the stack's secrets, 0600 whoever writes them (the supervisor, the run)
+SECRET_FILES = frozenset({"stack.json"})
+SECRET_FILE_MODE = 0o600
 
 
 class RunDirError(ValueError):
@@ -32,25 +37,37 @@ def run_dir_name(name: str, *, now: datetime | None = None) -> str:
 
 
 def create_run_dir(runs_dir: Path | str, name: str, *, now: datetime | None = None) -> Path:
-    """Create and return a fresh run directory; a second run in the same second gets `-2`, `-3`."""
+    """Create and return a fresh run directory (0700); a second run in the same second gets
+    `-2`, `-3`."""
     base = Path(runs_dir)
     base.mkdir(parents=True, exist_ok=True)
     stem = run_dir_name(name, now=now)
     for attempt in range(1, 1000):
         candidate = base / (stem if attempt == 1 else f"{stem}-{attempt}")
         try:
-            candidate.mkdir()
+            candidate.mkdir(mode=RUN_DIR_MODE)
         except FileExistsError:
             continue
+        candidate.chmod(RUN_DIR_MODE)  # exactly 0700: the umask may mask the owner's bits too
         return candidate
     raise RunDirError(f"could not create a run directory for {stem} in {base}")
 
 
 def write_json(path: Path | str, data: Any) -> Path:
-    """Write `data` as indented JSON atomically (temp file + rename): readers never see half."""
+    """Write `data` as indented JSON atomically (temp file + rename): readers never see half.
+
+    A file named in SECRET_FILES is created 0600 from its first byte on.
+    """
     target = Path(path)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    text = json.dumps(data, indent=2, sort_keys=False, default=str) + "\n"
+    if target.name in SECRET_FILES:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, SECRET_FILE_MODE)
+        os.fchmod(fd, SECRET_FILE_MODE)  # a leftover temp file keeps its old mode otherwise
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+    else:
+        tmp.write_text(text)
     os.replace(tmp, target)
     return target
 

@@ -34,7 +34,7 @@ PaymentIdPath = Annotated[str, Path(min_length=1, max_length=128, pattern=ID_PAT
 
 
 class CreatePayment(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     merchant_order_id: Id
     amount: Amount
@@ -42,11 +42,11 @@ class CreatePayment(BaseModel):
 
 
 class PayRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class RefundRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     refund_id: Id
     amount: Amount

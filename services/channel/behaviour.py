@@ -24,7 +24,7 @@ TimeScale = Annotated[float, Field(gt=0.0, le=1000.0), JSON_NUMBER]
 class DelayRange(BaseModel):
     """Uniform delay in milliseconds before a notification's first attempt."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     min: Annotated[int, Field(ge=0, le=600_000), JSON_INT]
     max: Annotated[int, Field(ge=0, le=600_000), JSON_INT]
@@ -39,7 +39,7 @@ class DelayRange(BaseModel):
 class Knobs(BaseModel):
     """The full set of knobs, validated as a whole."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     notify_duplicate_rate: Rate = 0.0
     notify_drop_rate: Rate = 0.0
@@ -60,7 +60,7 @@ def _without_defaults(schema: dict[str, Any]) -> None:
 class KnobsUpdate(Knobs):
     """A partial update: only the knobs present in the body change (see `model_fields_set`)."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra=_without_defaults)
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_without_defaults)
 
 
 def seed_from_env() -> int:

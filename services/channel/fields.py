@@ -11,19 +11,9 @@ from typing import Annotated
 
 from pydantic import BeforeValidator, Field
 
-from services.common.fields import ID_PATTERN, MAX_AMOUNT
+from services.common.fields import ID_PATTERN, JSON_INT, MAX_AMOUNT
 
 MAX_SQLITE_INT = 2**63 - 1
-
-
-def _json_integer(value: object) -> object:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError("must be a JSON integer")
-    if isinstance(value, float):
-        if not value.is_integer():
-            raise ValueError("must be a whole number")
-        return int(value)
-    return value
 
 
 def _json_number(value: object) -> object:
@@ -39,7 +29,6 @@ def _json_boolean(value: object) -> object:
 
 
 # (constraints must come before the validator, or pydantic leaves them out of the schema)
-JSON_INT = BeforeValidator(_json_integer)
 JSON_NUMBER = BeforeValidator(_json_number)
 JsonBool = Annotated[bool, BeforeValidator(_json_boolean)]
 

@@ -2,23 +2,30 @@
 
 Routes stay thin: they parse and call the domain; a domain refusal is a `DomainError`
 subclass that declares its `code` and `status`, and the one handler `install_errors` adds
-answers it.  Every error body is `{"error": <code>, "detail": <message>, ...}`.
+answers it.  Every error body is `{"error": <code>, "detail": <message>, ...}` and quotes
+at most a short prefix of what the caller sent (`services.common.limits.quote`).
+Every route is a `ServiceRoute`: an admin route checks its bearer token before the body
+is read, so an anonymous caller learns nothing about the body's schema.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.common.limits import QUOTE_CHARS
 from services.common.settings import Settings
 
 
@@ -38,11 +45,13 @@ class ErrorOut(BaseModel):
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI entries for a route's errors, plus those any route can answer (400, 413, 422)."""
+    """OpenAPI entries for a route's errors, plus those any route can answer."""
     out: dict[int | str, dict[str, Any]] = {
         400: {"model": ErrorOut, "description": "undecodable body"},
         413: {"model": ErrorOut, "description": "body too large"},
+        414: {"model": ErrorOut, "description": "request target too long"},
         422: {"model": ErrorOut, "description": "invalid request"},
+        431: {"model": ErrorOut, "description": "request header fields too large"},
     }
     for status in statuses:
         out[status] = {"model": ErrorOut, "description": "error"}
@@ -82,17 +91,38 @@ class AdminUnauthorized(DomainError):
     status = 401
 
 
+NOT_JSON = "body is not valid JSON"
+# a field path or message longer than this was written by the caller (an unknown key)
+_MESSAGE_CHARS = 200
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _validation_body(exc: RequestValidationError) -> dict[str, Any]:
     problems = []
     for err in exc.errors():
-        loc = [str(p) for p in err.get("loc", ()) if p not in ("body",)]
-        problems.append({"field": ".".join(loc) or "body", "message": err.get("msg", "")})
-    fields = ", ".join(p["field"] for p in problems)
+        if err.get("type") == "json_invalid":
+            # the decoder's byte offset is no field, and its message may quote the input
+            problems.append({"field": "body", "message": NOT_JSON})
+            continue
+        loc = [_clip(str(p), QUOTE_CHARS) for p in err.get("loc", ()) if p not in ("body",)]
+        message = _clip(str(err.get("msg", "")), _MESSAGE_CHARS)
+        problems.append({"field": ".".join(loc) or "body", "message": message})
+    if problems and all(p["message"] == NOT_JSON for p in problems):
+        return {"error": "invalid_request", "detail": NOT_JSON, "fields": problems[:1]}
+    fields = _clip(", ".join(p["field"] for p in problems), _MESSAGE_CHARS)
     return {"error": "invalid_request", "detail": f"invalid field(s): {fields}", "fields": problems}
 
 
 class BodyLimit:
-    """Pure ASGI guard: refuse bodies over `limit` bytes with 413 before the route runs."""
+    """Pure ASGI guard: refuse bodies over `limit` bytes with 413, declared or chunked.
+
+    A declared Content-Length over the limit is refused before the route runs; a chunked
+    body is counted as it is read and raises `BodyTooLarge`, an HTTPException the framework
+    passes through its body parsing (any other exception there becomes a 400).
+    """
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -114,20 +144,33 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    raise _BodyTooLarge
+                    raise BodyTooLarge(self.limit)
             return message
 
+        started = False
+
+        async def watched_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
         try:
-            await self.app(scope, limited_receive, send)
-        except _BodyTooLarge:
+            await self.app(scope, limited_receive, watched_send)
+        except BodyTooLarge:
+            # read outside a route (no exception handler): answer here unless one started
+            if started:
+                raise
             await _send_json(send, 413, self._too_large())
 
     def _too_large(self) -> dict[str, Any]:
-        return {"error": "body_too_large", "detail": f"request body over {self.limit} bytes"}
+        return {"error": "body_too_large", "detail": BodyTooLarge(self.limit).detail}
 
 
-class _BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(StarletteHTTPException):
+    """A body that grew past the limit while it was read (chunked): answered 413."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body over {limit} bytes")
 
 
 async def _send_json(send: Send, status: int, body: Mapping[str, Any]) -> None:
@@ -166,21 +209,65 @@ def install_errors(app: FastAPI) -> None:
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
-_HTTP_ERROR_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
+_HTTP_ERROR_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+}
 
 
-def admin_guard(settings: Settings) -> Callable[[Request], Awaitable[None]]:
-    """A dependency that refuses (401) requests without the stack's bearer token."""
+class AdminBearer(HTTPBearer):
+    """The admin routes' bearer token: an OpenAPI security scheme, checked by `ServiceRoute`
+    before the body is read (and again as an ordinary dependency)."""
 
-    async def require_admin(request: Request) -> None:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token, settings.admin_token):
+    def __init__(self, token: str) -> None:
+        super().__init__(
+            scheme_name="adminToken",
+            description="the stack's admin_token (stack.json)",
+            auto_error=False,
+        )
+        self._token = token.encode()
+
+    def check(self, request: HTTPConnection) -> None:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), self._token):
             raise AdminUnauthorized(
                 "admin endpoints need 'Authorization: Bearer <token>' from stack.json"
             )
 
-    return require_admin
+    async def __call__(self, request: HTTPConnection) -> None:
+        self.check(request)
+
+
+def admin_guard(settings: Settings) -> AdminBearer:
+    """The dependency admin routes declare: 401 without the stack's bearer token."""
+    return AdminBearer(settings.admin_token)
+
+
+class ServiceRoute(APIRoute):
+    """Every route `base_app` builds: admin token first, then the body.
+
+    FastAPI reads and parses the body before it runs any dependency, so an admin route's
+    `AdminBearer` is checked here first; and a body that is not UTF-8 stays the contract's
+    400 `bad_request` but says so instead of "There was an error parsing the body".
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        guards = [d.dependency for d in self.dependencies if isinstance(d.dependency, AdminBearer)]
+
+        async def route(request: Request) -> Response:
+            for guard in guards:
+                guard.check(request)
+            try:
+                return await handler(request)
+            except StarletteHTTPException as exc:
+                if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+                    raise StarletteHTTPException(400, f"{NOT_JSON} (not UTF-8)") from None
+                raise
+
+        return route
 
 
 def ndjson(records: Iterable[Mapping[str, Any]]) -> Response:

@@ -10,7 +10,8 @@ import uvicorn
 from fastapi import FastAPI
 
 from services.common import telemetry
-from services.common.api import BodyLimit, install_errors
+from services.common.api import BodyLimit, ServiceRoute, install_errors
+from services.common.limits import HeaderLimit
 from services.common.settings import Settings
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[Any]]
@@ -19,11 +20,21 @@ Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[Any]]
 def base_app(
     settings: Settings, *, title: str, description: str, lifespan: Lifespan | None = None
 ) -> FastAPI:
-    """A FastAPI app with JSON errors, a body-size limit, /healthz, /metrics and telemetry."""
-    app = FastAPI(title=title, description=description, version="0.1.0", lifespan=lifespan)
+    """A FastAPI app with JSON errors, header and body limits, /healthz, /metrics, telemetry."""
+    # no trailing-slash redirects: an unknown path is a JSON 404, not an empty 307
+    app = FastAPI(
+        title=title,
+        description=description,
+        version="0.1.0",
+        lifespan=lifespan,
+        redirect_slashes=False,
+    )
+    app.router.route_class = ServiceRoute  # before any route is added
     install_errors(app)
     telemetry.setup(app, settings.service)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    # added last, so outermost: nothing else copies or quotes an oversized head first
+    app.add_middleware(HeaderLimit, limit=settings.max_header_bytes)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:

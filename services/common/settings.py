@@ -73,6 +73,8 @@ class Settings:
     time_scale: float = 0.01
     retry_schedule: str = "wechat"
     max_body_bytes: int = 64 * 1024
+    # all request header fields together (431 above); the request target has the same cap (414)
+    max_header_bytes: int = 16 * 1024
 
     @classmethod
     def from_env(cls, service: str) -> Settings:
@@ -103,6 +105,7 @@ class Settings:
             time_scale=_float("CHAOSBED_TIME_SCALE", d.time_scale, minimum=0.0),
             retry_schedule=_str("CHAOSBED_RETRY_SCHEDULE", d.retry_schedule),
             max_body_bytes=_int("CHAOSBED_MAX_BODY_BYTES", d.max_body_bytes, minimum=256),
+            max_header_bytes=_int("CHAOSBED_MAX_HEADER_BYTES", d.max_header_bytes, minimum=1024),
         )
 
     def bug(self, name: str) -> bool:

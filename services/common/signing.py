@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+from services.common.limits import quote
+
 SIGNATURE_HEADER = "Chaosbed-Signature"
 
 
@@ -33,14 +35,14 @@ def verify(secret: str, header: str | None, body: bytes, *, now: float, toleranc
     for item in header.split(","):
         key, sep, value = item.strip().partition("=")
         if not sep:
-            raise SignatureError(f"malformed {SIGNATURE_HEADER} header: {item!r}")
+            raise SignatureError(f"malformed {SIGNATURE_HEADER} header: {quote(item)}")
         parts[key] = value
     if "t" not in parts or "v1" not in parts:
         raise SignatureError(f"{SIGNATURE_HEADER} header needs t= and v1=")
     try:
         timestamp = int(parts["t"])
     except ValueError:
-        raise SignatureError(f"signature timestamp {parts['t']!r} is not an integer") from None
+        raise SignatureError(f"signature timestamp {quote(parts['t'])} is not an integer") from None
     if abs(now - timestamp) > tolerance_s:
         raise SignatureError(
             f"signature timestamp {timestamp} is outside the {tolerance_s:.0f}s tolerance"

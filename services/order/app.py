@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
@@ -16,13 +16,13 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.common.api import admin_guard, error_responses, ndjson
-from services.common.fields import ID_PATTERN, MAX_QTY
+from services.common.fields import ID_PATTERN, JSON_INT, MAX_QTY
 from services.common.server import base_app
 from services.common.settings import Settings
 from services.common.signing import SIGNATURE_HEADER
 from services.order import metrics, workers
 from services.order.domain import Amount, Id, Notification, OrderService, trace_id_of
-from services.order.peers import Peers
+from services.order.peers import PaymentStatus, Peers
 from services.order.store import Order, OrderStore
 
 PathId = Annotated[str, Path(pattern=ID_PATTERN, min_length=1, max_length=128)]
@@ -32,7 +32,7 @@ class PlaceOrder(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     sku: Id
-    qty: Annotated[int, Field(ge=1, le=MAX_QTY)]
+    qty: Annotated[int, Field(ge=1, le=MAX_QTY), JSON_INT]
     amount: Amount
 
 
@@ -70,6 +70,14 @@ _IDEMPOTENCY_KEY_PARAM = {
     "schema": {"type": "string", "pattern": ID_PATTERN, "minLength": 1, "maxLength": 128},
     "description": "the shopper's key for this logical order; replays return the same order",
 }
+
+
+def _notification_schema() -> dict[str, Any]:
+    """The notification body as published: only a SUCCEEDED payment is accepted (any other
+    status is refused 400 unsupported_status, so the model itself takes any short string)."""
+    schema = Notification.model_json_schema()
+    schema["properties"]["status"] = {"type": "string", "enum": [PaymentStatus.SUCCEEDED.value]}
+    return schema
 
 
 def create_app(
@@ -138,13 +146,14 @@ def create_app(
         openapi_extra={
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": Notification.model_json_schema()}},
+                "content": {"application/json": {"schema": _notification_schema()}},
             },
             "parameters": [
                 {
                     "name": SIGNATURE_HEADER,
                     "in": "header",
-                    "required": False,
+                    # read by hand so a missing one is the contract's 400 bad_signature
+                    "required": True,
                     "schema": {"type": "string"},
                     "description": "t=<unix seconds>,v1=<HMAC-SHA256 hex of '<t>.<body>'>",
                 }

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.common import signing, storage
 from services.common.api import DomainError
-from services.common.fields import ID_PATTERN, MAX_AMOUNT
+from services.common.fields import ID_PATTERN, JSON_INT, MAX_AMOUNT
 from services.common.settings import Settings
 from services.common.telemetry import current_traceparent
 from services.order import metrics
@@ -176,13 +176,17 @@ def outbox_backoff_s(attempts: int, tick_s: float) -> float:
 
 
 Id = Annotated[str, Field(pattern=ID_PATTERN, min_length=1, max_length=128)]
-Amount = Annotated[int, Field(ge=1, le=MAX_AMOUNT)]
+Amount = Annotated[int, Field(ge=1, le=MAX_AMOUNT), JSON_INT]
 
 
 class Notification(BaseModel):
-    """The channel's payment notification body (docs/contracts.md)."""
+    """The channel's payment notification body (docs/contracts.md).
 
-    model_config = ConfigDict(extra="ignore")
+    Strict: a signed `"amount": "1234"` or `"paid_at": true` is malformed (422), not coerced;
+    unknown fields are ignored so the channel may add some.
+    """
+
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     notify_id: Id
     payment_id: Id

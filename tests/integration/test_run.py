@@ -196,6 +196,16 @@ def test_short_smoke_run_end_to_end(tmp_path: Path) -> None:
             proc.kill()
     assert proc.returncode == 0, out
 
+    # the secrets stay in stack.json (0600, in a 0700 run dir): no log, export or report has them
+    info = rundir.read_json(run_dir / "stack.json")
+    assert run_dir.stat().st_mode & 0o777 == 0o700
+    assert (run_dir / "stack.json").stat().st_mode & 0o777 == 0o600
+    for secret in (info["admin_token"], info["notify_secret"]):
+        assert secret not in out
+        leaks = [p.name for p in run_dir.rglob("*") if p.is_file() and p.name != "stack.json"
+                 and secret.encode() in p.read_bytes()]
+        assert leaks == []
+
     # the run directory is complete
     for name in ("scenario.yaml", "stack.json", "run.json", "faults.ndjson", "history.ndjson",
                  "load_progress.json", "locust.log", "exports/order.ndjson",

@@ -74,3 +74,23 @@ def test_missing_binary_says_how_to_get_it(
     with pytest.raises(binaries.MissingBinary, match="apt-get install prometheus"):
         binaries.find("prometheus", project_bin=tmp_path)
     assert os.environ["PATH"] == str(tmp_path)
+
+
+def test_run_dir_is_private_and_stack_json_readable_by_its_owner_only(tmp_path: Path) -> None:
+    old = os.umask(0)  # the most permissive umask: nothing is masked
+    try:
+        run_dir = rundir.create_run_dir(tmp_path / "runs", "smoke")
+        assert run_dir.stat().st_mode & 0o777 == 0o700
+        # a temp file left by a killed writer keeps no wider mode
+        leftover = run_dir / f".stack.json.{os.getpid()}.tmp"
+        leftover.write_text("{}")
+        leftover.chmod(0o644)
+        for _ in range(2):  # created, then replaced
+            rundir.write_json(run_dir / "stack.json", {"admin_token": "t"})
+            assert (run_dir / "stack.json").stat().st_mode & 0o777 == 0o600
+        assert rundir.read_json(run_dir / "stack.json") == {"admin_token": "t"}
+        # files without secrets follow the umask as before
+        rundir.write_json(run_dir / "run.json", {})
+        assert (run_dir / "run.json").stat().st_mode & 0o777 == 0o666
+    finally:
+        os.umask(old)
