@@ -135,6 +135,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     return pipeline.execute()
 
 
+def cmd_faults(args: argparse.Namespace) -> int:
+    """`chaosbed faults`: the fault timeline alone (chaosbed/timeline.py)."""
+    from chaosbed.timeline import TimelineOptions, run_timeline
+
+    return run_timeline(TimelineOptions(
+        args.scenario, Path(args.attach), Path(args.runs_dir), bool(args.repeat),
+        args.metrics_host, args.metrics_port,
+    ))
+
+
 def _slo_problem(path: Path) -> str | None:
     """The SLO file's load error, or None."""
     from slos.model import load_slo
