@@ -139,10 +139,15 @@ def cmd_faults(args: argparse.Namespace) -> int:
     """`chaosbed faults`: the fault timeline alone (chaosbed/timeline.py)."""
     from chaosbed.timeline import TimelineOptions, run_timeline
 
-    return run_timeline(TimelineOptions(
-        args.scenario, Path(args.attach), Path(args.runs_dir), bool(args.repeat),
-        args.metrics_host, args.metrics_port,
-    ))
+    options = TimelineOptions(
+        args.scenario,
+        Path(args.attach),
+        runs_dir=Path(args.runs_dir),
+        repeat=bool(args.repeat),
+        metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port,
+    )
+    return run_timeline(options)
 
 
 def _slo_problem(path: Path) -> str | None:
