@@ -35,6 +35,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from chaosbed import binaries
     from chaosbed.stack import Stack, StackError, describe
     from faults import process
+    from loadtests.config import DEFAULT_LOAD_METRICS_PORT
     from services.common.bugs import parse_bugs
 
     try:
@@ -60,6 +61,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             print(f"chaosbed up: details in {run_dir}", file=sys.stderr)
             return EXIT_HARNESS
         with stack:
+            # a hand-run Locust serves its client metrics there (loadtests/config.py)
+            stack.add_scrape_target("loadgen", f"http://127.0.0.1:{DEFAULT_LOAD_METRICS_PORT}/metrics")
             print(describe(stack), flush=True)
             while not stop_requested.wait(0.5):
                 pass
