@@ -44,6 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--runs-dir", default="runs", help="where the run directory is created")
     run.add_argument("--bugs", default="", help="planted bugs to switch on (comma separated)")
 
+    faults = sub.add_parser(
+        "faults", help="run a scenario's fault timeline (no load) against an attached stack"
+    )
+    faults.add_argument("scenario", help="scenario name (faults/scenarios/NAME.yaml) or a path")
+    faults.add_argument("--attach", required=True, help="the stack's stack.json")
+    faults.add_argument("--repeat", action="store_true", help="start again until Ctrl-C")
+    faults.add_argument("--metrics-host", default="127.0.0.1", help="fault gauge bind address")
+    faults.add_argument("--metrics-port", type=int, default=0, help="fault gauge port (0: free)")
+    faults.add_argument("--runs-dir", default="runs", help="where the run directory is created")
+
     check = sub.add_parser("check", help="evaluate an SLO file against a finished run")
     check.add_argument("run_dir")
     check.add_argument("--slo", required=True)
@@ -62,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {
     "up": commands.cmd_up,
     "run": commands.cmd_run,
+    "faults": commands.cmd_faults,
     "scenarios": commands.cmd_scenarios,
     "check": commands.cmd_check,
     "report": commands.cmd_report,

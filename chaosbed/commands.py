@@ -35,6 +35,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from chaosbed import binaries
     from chaosbed.stack import Stack, StackError, describe
     from faults import process
+    from loadtests.config import DEFAULT_LOAD_METRICS_PORT
     from services.common.bugs import parse_bugs
 
     try:
@@ -60,6 +61,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             print(f"chaosbed up: details in {run_dir}", file=sys.stderr)
             return EXIT_HARNESS
         with stack:
+            # a hand-run Locust serves its client metrics there (loadtests/config.py)
+            stack.add_scrape_target("loadgen", f"http://127.0.0.1:{DEFAULT_LOAD_METRICS_PORT}/metrics")
             print(describe(stack), flush=True)
             while not stop_requested.wait(0.5):
                 pass
@@ -133,6 +136,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         observe=bool(args.observe),
     )
     return pipeline.execute()
+
+
+def cmd_faults(args: argparse.Namespace) -> int:
+    """`chaosbed faults`: the fault timeline alone (chaosbed/timeline.py)."""
+    from chaosbed.timeline import TimelineOptions, run_timeline
+
+    options = TimelineOptions(
+        args.scenario,
+        Path(args.attach),
+        runs_dir=Path(args.runs_dir),
+        repeat=bool(args.repeat),
+        metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port,
+    )
+    return run_timeline(options)
 
 
 def _slo_problem(path: Path) -> str | None:

@@ -42,14 +42,15 @@ class HarnessMetrics:
         )
         return 0.0 if sample is None else sample
 
-    def serve(self) -> str:
-        """Start serving on an ephemeral 127.0.0.1 port; returns the metrics URL."""
+    def serve(self, *, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Start serving on `host:port` (default: an ephemeral loopback port; a container
+        binds 0.0.0.0 on a fixed one); returns the metrics URL."""
         if self.url is None:
-            self._server, self._thread = start_http_server(
-                0, addr="127.0.0.1", registry=self.registry
-            )
-            port = self._server.server_address[1]
-            self.url = f"http://127.0.0.1:{port}/metrics"
+            self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
+            bound = self._server.server_address[1]
+            # a wildcard bind is reachable on loopback, the address local scrapers use
+            shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+            self.url = f"http://{shown}:{bound}/metrics"
         return self.url
 
     def close(self) -> None:

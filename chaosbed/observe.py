@@ -164,11 +164,13 @@ class Observers:
         self.set_targets({**self._targets, **targets})
 
     def info(self) -> dict[str, str]:
-        """The `observe` section of stack.json (URLs only: `chaosbed up` prints each one)."""
+        """The `observe` section of stack.json (`chaosbed up` prints each URL; an attached
+        controller adds its scrape targets to `targets_file`)."""
         return {
             "prometheus": self.prometheus_url,
             "jaeger": self.jaeger_url,
             "otlp": self.otlp_endpoint,
+            "targets_file": str(self.targets_file),
         }
 
     def alive(self) -> dict[str, bool]:
@@ -184,6 +186,20 @@ class Observers:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def add_file_targets(targets_file: Path, targets: Mapping[str, str]) -> None:
+    """Add (or replace, by job) scrape targets in the file_sd file of observers another
+    process owns, e.g. the gauge of `chaosbed faults --attach` for `chaosbed up --observe`."""
+    groups = _file_sd_groups(targets)  # validated before the file is touched
+    try:
+        current = json.loads(targets_file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ObserveError(f"cannot read the scrape targets {targets_file}: {exc}") from exc
+    kept = [g for g in current if g.get("labels", {}).get("job") not in targets]
+    tmp = targets_file.with_name(f".{targets_file.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(kept + groups, indent=2) + "\n")
+    os.replace(tmp, targets_file)
 
 
 _running: weakref.WeakSet[Observers] = weakref.WeakSet()

@@ -423,6 +423,10 @@ class Stack:
         """Let this stack's Prometheus (when observing) scrape one more metrics endpoint."""
         if self._observers is not None:
             self._observers.add_targets({job: url})
+        elif targets_file := (self._info.get("observe") or {}).get("targets_file"):
+            from chaosbed.observe import add_file_targets  # attached: observers run elsewhere
+
+            add_file_targets(Path(targets_file), {job: url})
 
     def pid(self, service: str) -> int:
         pid = self._service(service)["pid"]

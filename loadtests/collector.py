@@ -26,7 +26,7 @@ from locust.env import Environment
 from locust.runners import MasterRunner, Runner, WorkerRunner
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
-from loadtests.config import LoadConfig, from_env, user_rng
+from loadtests.config import LoadConfig, from_env, load_metrics_port, user_rng
 from loadtests.forgery import KnownOrder
 from loadtests.history import HistoryMerger, HistoryRecorder, Record
 from rundir import NdjsonWriter, write_json
@@ -145,9 +145,12 @@ class Collector:
         history_path = _path_env("CHAOSBED_HISTORY")
         if history_path is not None:
             self.history_writer = NdjsonWriter(history_path)
-        metrics_port = os.environ.get("CHAOSBED_LOAD_METRICS_PORT")
-        if metrics_port:
-            self.metrics = ClientMetrics(int(metrics_port))
+        metrics_port = load_metrics_port(os.environ)
+        if metrics_port is not None:
+            try:
+                self.metrics = ClientMetrics(metrics_port)
+            except OSError as exc:  # a second hand-run Locust: run without the exporter
+                log.warning("client metrics not served on port %d: %s", metrics_port, exc)
         writer, metrics = self.history_writer, self.metrics
         self.merger = HistoryMerger(
             write=writer.write if writer else lambda record: None,

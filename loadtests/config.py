@@ -7,7 +7,8 @@ Environment (all optional, so plain `locust -f loadtests/locustfile.py --host UR
 - `CHAOSBED_CHANNEL_URL`: the channel as the shopper sees it (overrides stack.json).
 - `CHAOSBED_NOTIFY_SECRET`: lets forgers sign stale / replayed notifications with the real key.
 - `CHAOSBED_HISTORY`, `CHAOSBED_PROGRESS`: files the master writes (none when unset).
-- `CHAOSBED_LOAD_METRICS_PORT`: serve client-side Prometheus metrics on PORT, bound to
+- `CHAOSBED_LOAD_METRICS_PORT`: serve client-side Prometheus metrics on PORT (`off`: not at
+  all; unset: 9646 in a hand run, none under `chaosbed run`), bound to
   `CHAOSBED_LOAD_METRICS_HOST` (default 127.0.0.1).
 - `CHAOSBED_REQUEST_TIMEOUT_S`: per-request network timeout of the simulated clients.
 """
@@ -29,6 +30,7 @@ from faults.scenario import LoadSpec
 
 DEFAULT_CHANNEL_URL = "http://127.0.0.1:8001"
 DEFAULT_REQUEST_TIMEOUT_S = 5.0
+DEFAULT_LOAD_METRICS_PORT = 9646  # a hand run's client metrics (`chaosbed up --observe` scrapes it)
 
 
 class LoadConfigError(ValueError):
@@ -166,3 +168,17 @@ def _timeout(value: Any) -> float:
     if seconds <= 0:
         raise LoadConfigError(f"request timeout must be > 0 seconds, got {value!r}")
     return seconds
+
+
+def load_metrics_port(env: Mapping[str, str]) -> int | None:
+    """Where the client metrics are served: CHAOSBED_LOAD_METRICS_PORT (`off`: nowhere); unset,
+    9646 in a hand run and nowhere under `chaosbed run` (which sets CHAOSBED_LOAD and, when
+    observing, its own port)."""
+    raw = env.get("CHAOSBED_LOAD_METRICS_PORT", "").strip()
+    if raw.lower() == "off":
+        return None
+    if not raw:
+        return None if env.get("CHAOSBED_LOAD") else DEFAULT_LOAD_METRICS_PORT
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise LoadConfigError(f"CHAOSBED_LOAD_METRICS_PORT={raw!r}: expected a port 1-65535 or off")
+    return int(raw)

@@ -2,8 +2,12 @@
 
 Run by `chaosbed run` (see loadtests/runner.py) or by hand against a running stack:
 
-    locust -f loadtests/locustfile.py --host http://127.0.0.1:ORDER_PROXY_PORT
+    locust -f loadtests/locustfile.py --host http://127.0.0.1:ORDER_PROXY_PORT -u 10 -r 5 -t 60s
     CHAOSBED_CHANNEL_URL=http://127.0.0.1:CHANNEL_PROXY_PORT  (or CHAOSBED_STACK_JSON=stack.json)
+
+A hand run serves the client-side metrics on 127.0.0.1:9646 (CHAOSBED_LOAD_METRICS_PORT, `off`
+to disable), where `chaosbed up --observe`'s Prometheus scrapes them (job `loadgen`).
+Request names are paths (`/orders`): Locust shows the method beside them.
 
 Every logical operation is recorded in the history (loadtests/history.py); the load shape comes
 from CHAOSBED_LOAD (loadtests/shapes.py).
@@ -107,7 +111,7 @@ class ShoppingUser(ChaosbedUser):
                     self.client,
                     "POST",
                     "/orders",
-                    name="POST /orders",
+                    name="/orders",
                     traceparent=op.traceparent,
                     json_body=body,
                     headers={"Idempotency-Key": key},
@@ -149,7 +153,7 @@ class ShoppingUser(ChaosbedUser):
                     self.client,
                     "POST",
                     url,
-                    name="POST /payments/[id]/pay",
+                    name="/payments/[id]/pay",
                     traceparent=op.traceparent,
                     json_body={},
                     expected=frozenset({402, 404, 409}),
@@ -227,7 +231,7 @@ class ShoppingUser(ChaosbedUser):
             self.client,
             "GET",
             f"/orders/{order_id}",
-            name="GET /orders/[id]",
+            name="/orders/[id]",
             traceparent=traceparent,
             expected=frozenset({404}),
         )
@@ -314,7 +318,7 @@ class Browser(ChaosbedUser):
         ) as op:
             if order_id is None:
                 reply = call(
-                    self.client, "GET", "/healthz", name="GET /healthz", traceparent=op.traceparent
+                    self.client, "GET", "/healthz", name="/healthz", traceparent=op.traceparent
                 )
                 record(op, reply, {"status": None})
                 return
@@ -322,7 +326,7 @@ class Browser(ChaosbedUser):
                 self.client,
                 "GET",
                 f"/orders/{order_id}",
-                name="GET /orders/[id]",
+                name="/orders/[id]",
                 traceparent=op.traceparent,
                 expected=frozenset({404}),
             )
@@ -358,7 +362,7 @@ class Forger(ChaosbedUser):
                 self.client,
                 "POST",
                 "/notifications/payment",
-                name="POST /notifications/payment (forged)",
+                name="/notifications/payment (forged)",
                 traceparent=op.traceparent,
                 data=forgery.body.decode(),
                 headers=forgery.headers,
@@ -389,6 +393,8 @@ def weight_share(mix: Mapping[UserClass, int], name: UserClass) -> float:
 
 class ScenarioShape(LoadTestShape):
     """The scenario's shape (steady, ramp, flash_sale, soak); stops at its duration."""
+
+    use_common_options = True  # tick() reads -u/-r/-t in a plain run: Locust must not warn
 
     def tick(self) -> Level:
         config = PROCESS.config

@@ -65,6 +65,7 @@ class ServiceClient:
     def __init__(self, base_url: str, *, timeout_s: float, peer: str) -> None:
         self.peer = peer
         self._base_url = base_url.rstrip("/")
+        self._target = telemetry.Peer.of(peer, self._base_url)
         self._timeout = aiohttp.ClientTimeout(
             total=None, connect=timeout_s, sock_connect=timeout_s, sock_read=timeout_s
         )
@@ -99,7 +100,7 @@ class ServiceClient:
         if json is not None:
             content = jsonlib.dumps(json, separators=(",", ":")).encode()
             headers = {**_JSON_HEADERS, **(headers or {})}
-        with telemetry.client_span(self.peer, method, path) as span:
+        with telemetry.client_span(self._target, method, path) as span:
             carrier = telemetry.outgoing_headers(headers)
             started = time.perf_counter()
             try:

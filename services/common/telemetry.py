@@ -5,11 +5,24 @@ BaseHTTPMiddleware, no receive/send spans) that, per request, observes a RED
 histogram and, when tracing, opens one SERVER span from the incoming W3C
 `traceparent` whose trace id becomes the histogram's exemplar.
 
-Tracing is on when OTLP/HTTP export is configured by the standard variables
-(OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, sampler from
-OTEL_TRACES_SAMPLER) or a span processor is added (tests, benchmarks).  With tracing
-off no span objects exist: the incoming `traceparent` is only remembered, so stored
-records, log lines and calls to peers still carry the caller's trace id.
+Tracing is on when an exporter is configured by the standard variables or a span
+processor is added (tests, benchmarks):
+- OTEL_TRACES_EXPORTER: a comma list of `otlp`, `console` (spans as JSON on stdout), or
+  `none`.  Unset: `otlp` when OTEL_EXPORTER_OTLP_ENDPOINT or
+  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set, else none (the spec's default would export to
+  localhost:4318 from every unconfigured service).
+- OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, else OTEL_EXPORTER_OTLP_PROTOCOL: `http/protobuf`
+  (default) or `grpc` (needs the opentelemetry-exporter-otlp-proto-grpc package).
+- the endpoint, headers, timeout, sampler (OTEL_TRACES_SAMPLER) and batch settings are read
+  by the SDK itself.
+A value this module cannot honour is a `TelemetryConfigError` naming the variable, at startup.
+With tracing off no span objects exist: the incoming `traceparent` is only remembered, so
+stored records, log lines and calls to peers still carry the caller's trace id.
+
+Spans follow the HTTP semantic conventions: a SERVER span per request named
+`{method} {route}` (`{method}` alone for an unknown route), a CLIENT span per call to a
+peer named `{method}`, each with the stable `http.*`, `url.*`, `server.*`, `client.*`
+and `error.type` attributes.
 
 The JSON access log writes every 5xx and failed request; CHAOSBED_ACCESS_LOG=all
 writes every request (off by default: under load it costs more than the route).
@@ -17,6 +30,7 @@ writes every request (off by default: under load it costs more than the route).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -25,7 +39,9 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import prometheus_client
 from fastapi import FastAPI
@@ -35,11 +51,13 @@ from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.common.settings import SettingsError
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -74,25 +92,102 @@ _NO_SPAN: AbstractContextManager[Any] = nullcontext(None)
 _client_tracer = trace.get_tracer("chaosbed.http")
 
 
-def _exporting() -> bool:
-    return bool(
-        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-        or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-    )
+TRACES_EXPORTERS = ("otlp", "console", "none")
+OTLP_PROTOCOLS = ("http/protobuf", "grpc")
+GRPC_EXPORTER_PACKAGE = "opentelemetry-exporter-otlp-proto-grpc"
+
+
+class TelemetryConfigError(SettingsError):
+    """An OTEL_* or CHAOSBED_ACCESS_LOG value the service cannot honour; names the variable."""
+
+
+@dataclass(frozen=True)
+class TracesConfig:
+    """What OTEL_TRACES_EXPORTER and the OTLP protocol variables ask for."""
+
+    exporters: tuple[str, ...]  # "otlp" and/or "console"; empty: tracing off
+    protocol: str = "http/protobuf"  # of the otlp exporter
+
+
+def _grpc_exporter_installed() -> bool:
+    try:
+        return importlib.util.find_spec("opentelemetry.exporter.otlp.proto.grpc") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def _otlp_protocol(env: Mapping[str, str]) -> str:
+    for variable in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        raw = env.get(variable, "").strip()
+        if not raw:
+            continue
+        protocol = raw.lower()
+        if protocol not in OTLP_PROTOCOLS:
+            raise TelemetryConfigError(
+                f"{variable}={raw!r}: supported OTLP protocols are http/protobuf and grpc"
+            )
+        if protocol == "grpc" and not _grpc_exporter_installed():
+            raise TelemetryConfigError(
+                f"{variable}=grpc needs the {GRPC_EXPORTER_PACKAGE} package, which is not "
+                f"installed: install it, or set {variable}=http/protobuf"
+            )
+        return protocol
+    return "http/protobuf"
+
+
+def traces_config(env: Mapping[str, str] | None = None) -> TracesConfig:
+    """The exporters and OTLP protocol the standard variables ask for (TelemetryConfigError
+    on a value this module cannot honour)."""
+    env = os.environ if env is None else env
+    raw = env.get("OTEL_TRACES_EXPORTER", "")
+    names = [name.strip().lower() for name in raw.split(",") if name.strip()]
+    if not names and (
+        env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    ):
+        names = ["otlp"]
+    for name in names:
+        if name not in TRACES_EXPORTERS:
+            raise TelemetryConfigError(
+                f"OTEL_TRACES_EXPORTER={raw!r}: unknown exporter {name!r}; "
+                f"supported: {', '.join(TRACES_EXPORTERS)} (a comma-separated list)"
+            )
+    if "none" in names and len(set(names)) > 1:
+        raise TelemetryConfigError(
+            f"OTEL_TRACES_EXPORTER={raw!r}: 'none' cannot be combined with other exporters"
+        )
+    exporters = tuple(dict.fromkeys(name for name in names if name != "none"))
+    if "otlp" not in exporters:
+        return TracesConfig(exporters)
+    return TracesConfig(exporters, _otlp_protocol(env))
+
+
+def _span_exporter(name: str, protocol: str) -> SpanExporter:
+    if name == "console":
+        return ConsoleSpanExporter()
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+            OTLPSpanExporter as GrpcSpanExporter,
+        )
+
+        exporter: SpanExporter = GrpcSpanExporter()
+        return exporter
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    return OTLPSpanExporter()
 
 
 def configure_tracing(service_name: str) -> None:
-    """Install the global tracer provider once per process, exporting only when asked."""
+    """Install the global tracer provider once per process, exporting only when asked
+    (TelemetryConfigError on a bad OTEL_* value, before anything is installed)."""
     global _configured, _tracing
     if _configured:
         return
+    config = traces_config()
     _configured = True
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)})
     provider = TracerProvider(resource=resource)  # sampler from OTEL_TRACES_SAMPLER
-    if _exporting():
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    for name in config.exporters:
+        provider.add_span_processor(BatchSpanProcessor(_span_exporter(name, config.protocol)))
         _tracing = True
     trace.set_tracer_provider(provider)
 
@@ -170,7 +265,7 @@ def _access_log_mode() -> str:
     mode = {"": "errors", "1": "all", "true": "all", "0": "errors", "false": "errors"}.get(raw, raw)
     if mode not in ACCESS_LOG_MODES:
         expected = ", ".join(ACCESS_LOG_MODES)
-        raise ValueError(f"CHAOSBED_ACCESS_LOG={raw!r}: expected one of {expected}")
+        raise TelemetryConfigError(f"CHAOSBED_ACCESS_LOG={raw!r}: expected one of {expected}")
     return mode
 
 
@@ -204,27 +299,71 @@ def observe_client(peer: str, method: str, status: int | None, seconds: float) -
     ).observe(seconds, exemplar=exemplar_for() if _tracing else None)
 
 
-def client_span(peer: str, method: str, path: str) -> AbstractContextManager[Span | None]:
+@dataclass(frozen=True)
+class Peer:
+    """A peer service as its client spans name it: parsed once from its base URL."""
+
+    name: str
+    base_url: str
+    address: str | None
+    port: int | None
+
+    @classmethod
+    def of(cls, name: str, base_url: str) -> Peer:
+        """A peer whose URL has no host (an unconfigured test service) has no server.*."""
+        parts = urlsplit(base_url)
+        try:
+            port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
+        except ValueError:
+            port = None
+        return cls(name, base_url.rstrip("/"), parts.hostname, port if parts.hostname else None)
+
+
+def client_span(peer: Peer, method: str, path: str) -> AbstractContextManager[Span | None]:
     """The CLIENT span of one call to a peer, current while it runs; None when not tracing."""
     if not _tracing:
         return _NO_SPAN
+    known = method if method in _KNOWN_METHODS else "_OTHER"
+    attributes: dict[str, Any] = {
+        "http.request.method": known,
+        "url.full": peer.base_url + path,
+        "peer.service": peer.name,
+    }
+    if peer.address:
+        attributes["server.address"] = peer.address
+    if peer.port:
+        attributes["server.port"] = peer.port
+    if known != method:
+        attributes["http.request.method_original"] = method
     return _client_tracer.start_as_current_span(
-        f"{method} {peer}",
+        known if known != "_OTHER" else "HTTP",
         kind=SpanKind.CLIENT,
-        attributes={"http.request.method": method, "url.path": path, "peer.service": peer},
+        attributes=attributes,
+        record_exception=False,
+        set_status_on_exception=False,
     )
 
 
 def client_span_answered(span: Span | None, status: int) -> None:
     if span is not None:
         span.set_attribute("http.response.status_code", status)
-        if status >= 500:
-            span.set_status(Status(StatusCode.ERROR, str(status)))
+        if status >= 400:  # semconv: a 4xx is an error on the client side (not the server's)
+            span.set_attribute("error.type", str(status))
+            span.set_status(Status(StatusCode.ERROR))
 
 
 def client_span_failed(span: Span | None, exc: BaseException) -> None:
     if span is not None:
-        span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+        span.set_attribute("error.type", _error_type(exc))
+        span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+
+
+def _error_type(exc: BaseException) -> str:
+    """semconv `error.type` of an exception: its fully qualified class name."""
+    cls = type(exc)
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def outgoing_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
@@ -238,10 +377,63 @@ def outgoing_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
     return carrier
 
 
+_KNOWN_METHODS = frozenset(
+    ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
+)
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _matched_route(scope: Scope) -> str | None:
+    path = getattr(scope.get("route"), "path", None)
+    return path if isinstance(path, str) else None
+
+
 def _route_template(scope: Scope) -> str:
-    route = scope.get("route")
-    path = getattr(route, "path", None)
-    return path if isinstance(path, str) else "unmatched"
+    """The route label of the RED metrics ("unmatched" for an unknown path)."""
+    return _matched_route(scope) or "unmatched"
+
+
+def _server_attributes(scope: Scope, method: str, status: int) -> dict[str, Any]:
+    """The HTTP semantic-convention attributes of a SERVER span (error.type aside)."""
+    scheme = str(scope.get("scheme") or "http")
+    attributes: dict[str, Any] = {
+        "http.request.method": method if method in _KNOWN_METHODS else "_OTHER",
+        "http.response.status_code": status,
+        "url.path": scope["path"],
+        "url.scheme": scheme,
+    }
+    if method not in _KNOWN_METHODS:
+        attributes["http.request.method_original"] = method
+    if query := scope.get("query_string"):
+        attributes["url.query"] = query.decode("latin-1")
+    address, port = _server_address(scope, scheme)
+    if address:
+        attributes["server.address"] = address
+    if port:
+        attributes["server.port"] = port
+    client = scope.get("client")
+    if client:
+        attributes["client.address"] = client[0]
+    if version := scope.get("http_version"):
+        attributes["network.protocol.version"] = version
+    return attributes
+
+
+def _server_address(scope: Scope, scheme: str) -> tuple[str | None, int | None]:
+    """The server as the client addressed it (Host header), else the listening socket."""
+    for name, value in scope.get("headers") or ():
+        if name == b"host":
+            host = value.decode("latin-1")
+            parts = urlsplit(f"//{host}")
+            try:
+                port = parts.port
+            except ValueError:  # a malformed Host header: no port rather than no span
+                port = None
+            return parts.hostname or host, port or _DEFAULT_PORTS.get(scheme)
+    server = scope.get("server")
+    if server:
+        return str(server[0]), int(server[1]) if server[1] is not None else None
+    return None, None
 
 
 def _incoming(scope: Scope) -> str | None:
@@ -336,26 +528,31 @@ class TelemetryMiddleware:
                 status = message["status"]
             await send(message)
 
+        error: BaseException | None = None
         try:
             await self.app(scope, receive, send_wrapper)
         except Exception as exc:
             failed = True
+            error = exc
             span.record_exception(exc)
             raise
         finally:
             elapsed = time.perf_counter() - started
-            route = _route_template(scope)
-            span.update_name(f"{method} {route}")
+            matched = _matched_route(scope)
+            route = matched or "unmatched"
             if span.is_recording():
-                span.set_attributes(
-                    {
-                        "http.route": route,
-                        "http.request.method": method,
-                        "http.response.status_code": status,
-                        "url.path": scope["path"],
-                    }
-                )
-                if status >= 500:
+                known = method if method in _KNOWN_METHODS else "HTTP"
+                # semconv: no route, no target in the name (an unknown path is not a route)
+                span.update_name(f"{known} {matched}" if matched else known)
+                attributes = _server_attributes(scope, method, status)
+                if matched:
+                    attributes["http.route"] = matched
+                if error is not None:
+                    attributes["error.type"] = _error_type(error)
+                elif status >= 500:
+                    attributes["error.type"] = str(status)
+                span.set_attributes(attributes)
+                if failed or status >= 500:
                     span.set_status(Status(StatusCode.ERROR))
             self._observe(method, route, status, elapsed, span)
             if failed or status >= 500 or _log_every_request:
@@ -452,6 +649,24 @@ def linked_span(
         context=trace.set_span_in_context(trace.INVALID_SPAN),
         kind=kind,
         links=links,
+        attributes=attributes,
+    )
+
+
+def span_since(
+    name: str, started_ns: int, *, kind: SpanKind = SpanKind.INTERNAL, **attributes: Any
+) -> AbstractContextManager[Span]:
+    """A new root span for background work that began at `started_ns` (time.time_ns()) and
+    turned out to be worth a span: a periodic tick opens one only once it has done work,
+    so idle ticks make no trace.  A no-op yielding the invalid span when not tracing."""
+    if not _tracing:
+        return nullcontext(trace.INVALID_SPAN)
+    tracer = trace.get_tracer("chaosbed.workers")
+    return tracer.start_as_current_span(
+        name,
+        context=trace.set_span_in_context(trace.INVALID_SPAN),
+        kind=kind,
+        start_time=started_ns,
         attributes=attributes,
     )
 

@@ -18,9 +18,10 @@ def main() -> None:
     try:
         settings = Settings.from_env("inventory")
         seed = parse_seed_stock(os.environ.get("CHAOSBED_SEED_STOCK", ""))
+        app = create_app(settings, seed_stock=seed)  # telemetry reads its OTEL_* variables here
     except (SettingsError, SeedStockError) as exc:
         raise SystemExit(f"inventory: {exc}") from None
-    serve(create_app(settings, seed_stock=seed), settings)
+    serve(app, settings)
 
 
 if __name__ == "__main__":

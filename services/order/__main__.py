@@ -10,9 +10,10 @@ from services.order.app import create_app
 def main() -> None:
     try:
         settings = Settings.from_env("order")
+        app = create_app(settings)  # telemetry reads its OTEL_* variables here
     except SettingsError as exc:
         raise SystemExit(f"order: {exc}") from None
-    serve(create_app(settings), settings)
+    serve(app, settings)
 
 
 if __name__ == "__main__":

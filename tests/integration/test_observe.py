@@ -1,6 +1,8 @@
 """Observability end to end with the real binaries: a stack with Prometheus + Jaeger, real load.
 
-- every PromQL expression of every generated dashboard returns data from the real Prometheus;
+- every PromQL expression of every generated dashboard returns data from the real Prometheus,
+  the fault gauge coming from a real `chaosbed faults --attach` timeline;
+- every dashboard's fault-annotation query returns the timeline's recorded fault windows;
 - a histogram exemplar's trace id is a trace the real Jaeger returns;
 - a paid order's trace holds channel, order and inventory spans including the notification
   handling, every span connected to the order's trace by a parent or a link;
@@ -9,9 +11,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -23,8 +27,9 @@ from typing import Any
 import httpx
 import pytest
 
+import rundir
 from chaosbed import binaries
-from chaosbed.harness_metrics import HarnessMetrics
+from chaosbed.exits import EXIT_INTERRUPTED
 from chaosbed.proc import free_port
 from chaosbed.stack import Stack
 from dashboards.build import dashboard_queries
@@ -44,6 +49,18 @@ LOAD = {
     "max_poll": "5s",
 }
 LOAD_SECONDS = 60.0  # upper bound; the test stops Locust as soon as it has what it needs
+# the fault timeline `chaosbed faults --repeat` runs beside the load: one window per cycle,
+# with a gap long enough for the scrapes to see it healed
+FAULT_SCENARIO = """
+name: observe-faults
+description: one short latency window on order_channel every 8 s
+duration: 8s
+seed: 7
+load: {shape: steady, users: 1, spawn_rate: 1}
+timeline:
+  - {at: 1s, for: 4s, target: order_channel, fault: latency, params: {latency: 5ms}}
+"""
+WINDOW_SLACK_S = 2.5  # scrape interval (1 s) + annotation step (1 s) + the heal's own call
 SERVICE_TIMINGS = {
     "CHAOSBED_QUERY_AFTER_S": "2",
     "CHAOSBED_RECONCILE_EVERY_S": "2",
@@ -63,15 +80,23 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
     stack = Stack.start(
         run_dir, observe=True, service_env=SERVICE_TIMINGS, seed_stock=LOAD["skus"]
     )
-    harness = HarnessMetrics()
     locust: subprocess.Popen[bytes] | None = None
+    timeline: subprocess.Popen[bytes] | None = None
     try:
         observers = stack._observers
         assert observers is not None, "Stack.start(observe=True) started no observers"
-        harness.declare([("latency", "order_channel"), ("kill", "order")])
-        harness.set_active("latency", "order_channel", True)
+        scenario = run_dir / "observe-faults.yaml"
+        scenario.write_text(FAULT_SCENARIO)
+        faults_runs = run_dir / "faults-runs"
+        with (run_dir / "faults.log").open("ab") as log:
+            # the attached timeline adds its gauge to this stack's Prometheus by itself
+            timeline = subprocess.Popen(
+                [sys.executable, "-m", "chaosbed", "faults", str(scenario), "--attach",
+                 str(run_dir / "stack.json"), "--repeat", "--runs-dir", str(faults_runs)],
+                env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT, stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         load_port = free_port()
-        stack.add_scrape_target("harness", harness.serve())
         stack.add_scrape_target("loadgen", f"http://127.0.0.1:{load_port}/metrics")
         argv, env = locust_command(
             stack_info=stack.info, load=LOAD, duration_s=LOAD_SECONDS, seed=7,
@@ -88,16 +113,18 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
             "jaeger": observers.jaeger_url,
             "run_dir": run_dir,
             "locust": locust,
+            "timeline": timeline,
+            "faults_runs": faults_runs,
         }
     finally:
-        if locust is not None and locust.poll() is None:
-            locust.terminate()
-            try:
-                locust.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                locust.kill()
-                locust.wait(timeout=5)
-        harness.close()
+        for child in (locust, timeline):
+            if child is not None and child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+                try:
+                    child.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait(timeout=5)
         stack.stop()
 
 
@@ -313,3 +340,92 @@ def test_set_targets_with_bad_input_changes_nothing(observed: dict[str, Any]) ->
     with pytest.raises(ObserveError, match="loadgen"):
         observers.add_targets({"loadgen": "ftp://127.0.0.1:1/metrics"})
     assert observers.targets_file.read_text() == before
+
+
+def _fault_windows(faults_runs: Path) -> list[tuple[float, float]]:
+    """(applied, healed) wall times of every completed window `chaosbed faults` recorded."""
+    (run,) = [p for p in faults_runs.iterdir() if p.is_dir()]
+    applied: dict[tuple[int, int], float] = {}
+    windows = []
+    for event in rundir.iter_ndjson(run / "faults.ndjson"):
+        assert event["ok"], event
+        key = (event["cycle"], event["step"])
+        if event["event"] == "apply":
+            applied[key] = event["t"]
+        else:
+            windows.append((applied.pop(key), event["t"]))
+    return windows
+
+
+def _regions(values: list[list[Any]], step_s: float) -> list[tuple[float, float]]:
+    """Contiguous runs of points, as Grafana turns an annotation query's points into regions."""
+    regions: list[tuple[float, float]] = []
+    for ts, _ in values:
+        t = float(ts)
+        if regions and t - regions[-1][1] <= step_s + 0.001:
+            regions[-1] = (regions[-1][0], t)
+        else:
+            regions.append((t, t))
+    return regions
+
+
+def _first_sample(prometheus: str, metric: str) -> float | None:
+    """When Prometheus first scraped `metric` (in the last ten minutes), or None."""
+    now = time.time()
+    response = httpx.get(
+        f"{prometheus}/api/v1/query_range",
+        params={"query": f"count({metric})", "start": now - 600, "end": now, "step": 1},
+        timeout=10,
+    )
+    result = response.json()["data"]["result"]
+    return float(result[0]["values"][0][0]) if result else None
+
+
+def test_fault_annotations_return_the_fault_windows_of_the_run(observed: dict[str, Any]) -> None:
+    timeline = observed["timeline"]
+
+    def two_windows_healed_a_while_ago() -> list[tuple[float, float]] | None:
+        if timeline.poll() is not None:
+            pytest.fail(f"chaosbed faults exited early ({timeline.returncode}); see faults.log")
+        if not any(p.is_dir() for p in observed["faults_runs"].glob("*")):
+            return None
+        # the first scrape of the new gauge may come after its first window began
+        seen = _first_sample(observed["prometheus"], "chaosbed_fault_active")
+        if seen is None:
+            return None
+        windows = [w for w in _fault_windows(observed["faults_runs"]) if w[0] > seen + 1]
+        ready = len(windows) >= 2 and time.time() > windows[-1][1] + 2 * WINDOW_SLACK_S
+        return windows if ready else None
+
+    windows = _poll(two_windows_healed_a_while_ago, timeout_s=90, what="two healed windows")
+    annotations = {}
+    for path in sorted((ROOT / "dashboards" / "json").glob("*.json")):
+        for annotation in json.loads(path.read_text())["annotations"]["list"]:
+            annotations[annotation["expr"]] = float(annotation["step"].removesuffix("s"))
+    assert annotations, "no dashboard has a fault annotation"
+    start, end = windows[0][0] - WINDOW_SLACK_S, windows[-1][1] + WINDOW_SLACK_S
+    for expr, step_s in annotations.items():
+        response = httpx.get(
+            f"{observed['prometheus']}/api/v1/query_range",
+            params={"query": expr, "start": start, "end": end, "step": step_s},
+            timeout=10,
+        )
+        body = response.json()
+        assert body["status"] == "success", f"{expr}: {body.get('error')}"
+        (series,) = body["data"]["result"]
+        assert series["metric"]["fault"] == "latency"
+        assert series["metric"]["target"] == "order_channel"
+        regions = _regions(series["values"], step_s)
+        assert len(regions) == len(windows), (expr, regions, windows)
+        for (applied, healed), (first, last) in zip(windows, regions, strict=True):
+            assert abs(first - applied) <= WINDOW_SLACK_S, (expr, first, applied)
+            assert abs(last - healed) <= WINDOW_SLACK_S, (expr, last, healed)
+
+
+def test_the_timeline_heals_and_stops_on_sigterm(observed: dict[str, Any]) -> None:
+    stack: Stack = observed["stack"]
+    timeline = observed["timeline"]
+    _poll(lambda: stack.toxiproxy.toxics("order_channel"), timeout_s=20, what="a toxic")
+    timeline.send_signal(signal.SIGTERM)
+    assert timeline.wait(timeout=30) == EXIT_INTERRUPTED
+    assert stack.toxiproxy.toxics("order_channel") == []

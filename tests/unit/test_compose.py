@@ -73,7 +73,14 @@ def _listening_ports() -> dict[str, set[int]]:
     ports["prometheus"] = {9090}
     ports["grafana"] = {3000}
     ports["locust-master"] = {8089, 5557, int(_env("locust-master")["CHAOSBED_LOAD_METRICS_PORT"])}
+    ports["chaosbed"] = {int(_option("chaosbed", "--metrics-port"))}
     return ports
+
+
+def _option(service: str, name: str) -> str:
+    """The value of `name=value` in a service's command."""
+    (value,) = [c.split("=", 1)[1] for c in _command(service) if c.startswith(f"{name}=")]
+    return value
 
 
 def _mounts(service: str) -> list[tuple[str, str]]:
@@ -87,7 +94,7 @@ def _mounts(service: str) -> list[tuple[str, str]]:
 def test_expected_services() -> None:
     assert {
         "order", "channel", "inventory", "toxiproxy", "otel-collector", "jaeger", "prometheus",
-        "grafana", "locust-master", "locust-worker",
+        "grafana", "locust-master", "locust-worker", "chaosbed",
     } <= set(SERVICES)
 
 
@@ -229,3 +236,61 @@ def test_docker_compose_config_accepts_the_file() -> None:
         capture_output=True, text=True, timeout=60, cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_chaosbed_service_runs_a_fault_timeline_against_the_compose_stack() -> None:
+    from chaosbed.timeline import process_fault_problem
+    from faults.scenario import load_scenario
+
+    command = _command("chaosbed")
+    assert command[:4] == ["python", "-m", "chaosbed", "faults"]
+    assert "--repeat" in command and _option("chaosbed", "--metrics-host") == "0.0.0.0"
+    # the default scenario of `${CHAOSBED_SCENARIO:-name}` is shipped and runs without pids
+    match = re.fullmatch(r"\$\{CHAOSBED_SCENARIO:-([a-z0-9-]+)\}", command[4])
+    assert match, command[4]
+    scenario = load_scenario(match.group(1))
+    stack_target = _option("chaosbed", "--attach")
+    (source,) = [s for s, t in _mounts("chaosbed") if t == stack_target]
+    stack_json = ROOT / source
+    from chaosbed.stack import Stack
+
+    stack = Stack.attach(stack_json)
+    try:
+        assert process_fault_problem(scenario, stack) is None
+    finally:
+        stack.stop()
+    runs_dir = _option("chaosbed", "--runs-dir")
+    assert any(runs_dir.startswith(t) for s, t in _mounts("chaosbed") if not s.startswith("."))
+    # the token the behaviour faults send is the one the services check
+    assert _env("chaosbed")["CHAOSBED_ADMIN_TOKEN"] == _env("channel")["CHAOSBED_ADMIN_TOKEN"]
+
+
+def test_compose_stack_json_names_the_compose_services_and_proxies() -> None:
+    (source,) = [s for s, t in _mounts("chaosbed") if t == _option("chaosbed", "--attach")]
+    info = json.loads((ROOT / source).read_text())
+    listening = _listening_ports()
+    for name in APP_SERVICES:
+        url = urlsplit(info["services"][name]["url"])
+        assert (url.hostname, url.port) == (name, int(_env(name)["CHAOSBED_PORT"])), url
+        assert info["services"][name]["pid"] is None  # no process faults across containers
+    api = urlsplit(info["toxiproxy"]["api"])
+    assert api.hostname == "toxiproxy" and api.port in listening["toxiproxy"]
+    proxies = {p["name"]: p for p in _toxiproxy_config()}
+    assert set(info["proxies"]) == set(proxies) == set(PROXIES)
+    for name, proxy in info["proxies"].items():
+        url = urlsplit(proxy["url"])
+        assert url.hostname == "toxiproxy"
+        assert url.port == int(proxies[name]["listen"].rsplit(":", 1)[1]), name
+        assert proxy["upstream"] == proxies[name]["upstream"], name
+
+
+def test_prometheus_scrapes_the_fault_gauge_and_the_load_generator() -> None:
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    jobs = {
+        job["job_name"]: [t for g in job["static_configs"] for t in g["targets"]]
+        for job in config["scrape_configs"]
+    }
+    assert jobs["harness"] == [f"chaosbed:{_option('chaosbed', '--metrics-port')}"]
+    assert jobs["loadgen"] == [
+        f"locust-master:{_env('locust-master')['CHAOSBED_LOAD_METRICS_PORT']}"
+    ]

@@ -6,7 +6,12 @@ import asyncio
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -19,6 +24,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusC
 
 from services.common import telemetry
 
+ROOT = Path(__file__).resolve().parents[2]
 SERVICE = "telemetry-test"
 PARENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_SPAN = "00f067aa0ba902b7"
@@ -76,7 +82,8 @@ def _call(
 
 def _server_spans(route: str) -> list[ReadableSpan]:
     return [
-        s for s in _exporter.get_finished_spans()
+        s
+        for s in _exporter.get_finished_spans()
         if s.kind is SpanKind.SERVER and s.attributes and s.attributes.get("http.route") == route
     ]
 
@@ -123,9 +130,11 @@ def test_histogram_exposes_trace_id_exemplar_in_openmetrics(app: FastAPI) -> Non
     body = metrics.text
     assert body.rstrip().endswith("# EOF")
     bucket_lines = [
-        line for line in body.splitlines()
+        line
+        for line in body.splitlines()
         if line.startswith("chaosbed_http_server_request_duration_seconds_bucket{")
-        and f'service="{SERVICE}"' in line and 'route="/orders/{order_id}"' in line
+        and f'service="{SERVICE}"' in line
+        and 'route="/orders/{order_id}"' in line
     ]
     assert any(f'# {{trace_id="{trace_id}"}}' in line for line in bucket_lines), bucket_lines
     assert "_created" not in body
@@ -139,9 +148,11 @@ def test_server_error_sets_span_status_and_counts_error(app: FastAPI) -> None:
     assert span.status.status_code is StatusCode.ERROR
     body = _call(app, "GET", "/metrics").text
     (line,) = [
-        line for line in body.splitlines()
+        line
+        for line in body.splitlines()
         if line.startswith("chaosbed_http_server_errors_total{")
-        and f'service="{SERVICE}"' in line and 'route="/boom"' in line
+        and f'service="{SERVICE}"' in line
+        and 'route="/boom"' in line
     ]
     assert float(line.split()[-1]) >= 1
 
@@ -167,7 +178,7 @@ def test_linked_span_starts_a_new_trace_linked_to_the_cause(app: FastAPI) -> Non
 
 def test_linked_span_without_cause_has_no_link(app: FastAPI) -> None:
     _exporter.clear()
-    with telemetry.linked_span("inventory.sweep", None, kind=SpanKind.INTERNAL):
+    with telemetry.linked_span("reconcile", None, kind=SpanKind.INTERNAL):
         pass
     (finished,) = _exporter.get_finished_spans()
     assert list(finished.links) == []
@@ -193,7 +204,8 @@ def test_client_latency_histogram_has_exemplar_of_active_trace(app: FastAPI) -> 
         telemetry.observe_client("channel-test", "POST", None, 2.0)
     body = _call(app, "GET", "/metrics").text
     lines = [
-        line for line in body.splitlines()
+        line
+        for line in body.splitlines()
         if line.startswith("chaosbed_http_client_request_duration_seconds_bucket{")
         and 'peer="channel-test"' in line
     ]
@@ -206,12 +218,164 @@ def test_traceparent_headers() -> None:
     assert telemetry.traceparent_headers("00-a-b-01") == {"traceparent": "00-a-b-01"}
 
 
-def test_no_exporter_without_otel_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
-    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
-    assert telemetry._exporting() is False
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
-    assert telemetry._exporting() is True
+OTEL_VARIABLES = (
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+)
+
+
+@pytest.mark.parametrize(
+    ("env", "exporters", "protocol"),
+    [
+        ({}, (), "http/protobuf"),  # nothing configured: no exporter, no span
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}, ("otlp",), "http/protobuf"),
+        (
+            {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:4318/v1/traces"},
+            ("otlp",),
+            "http/protobuf",
+        ),
+        ({"OTEL_TRACES_EXPORTER": "otlp"}, ("otlp",), "http/protobuf"),  # SDK default endpoint
+        ({"OTEL_TRACES_EXPORTER": "console"}, ("console",), "http/protobuf"),
+        ({"OTEL_TRACES_EXPORTER": " Console , otlp,console"}, ("console", "otlp"), "http/protobuf"),
+        (
+            {"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"},
+            (),
+            "http/protobuf",
+        ),
+        (
+            {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"},
+            ("otlp",),
+            "http/protobuf",
+        ),
+        # the protocol only matters for otlp: grpc without otlp is no error
+        (
+            {"OTEL_TRACES_EXPORTER": "console", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+            ("console",),
+            "http/protobuf",
+        ),
+    ],
+)
+def test_traces_config_from_the_standard_variables(
+    env: dict[str, str], exporters: tuple[str, ...], protocol: str
+) -> None:
+    config = telemetry.traces_config(env)
+    assert (config.exporters, config.protocol) == (exporters, protocol)
+
+
+@pytest.mark.parametrize(
+    ("env", "problem"),
+    [
+        (
+            {"OTEL_TRACES_EXPORTER": "zipkin"},
+            "OTEL_TRACES_EXPORTER='zipkin': unknown exporter 'zipkin'",
+        ),
+        ({"OTEL_TRACES_EXPORTER": "otlp,jaeger"}, "unknown exporter 'jaeger'"),
+        ({"OTEL_TRACES_EXPORTER": "none,console"}, "'none' cannot be combined"),
+        (
+            {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"},
+            "OTEL_EXPORTER_OTLP_PROTOCOL='http/json': supported OTLP protocols",
+        ),
+        (
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+            "OTEL_EXPORTER_OTLP_PROTOCOL=grpc needs the opentelemetry-exporter-otlp-proto-grpc",
+        ),
+        (
+            # the traces-specific variable wins, and is the one named
+            {
+                "OTEL_TRACES_EXPORTER": "otlp",
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc",
+            },
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=grpc needs",
+        ),
+    ],
+)
+def test_traces_config_refuses_what_it_cannot_honour(
+    env: dict[str, str], problem: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(telemetry, "_grpc_exporter_installed", lambda: False)
+    with pytest.raises(telemetry.TelemetryConfigError) as raised:
+        telemetry.traces_config(env)
+    assert problem in str(raised.value)
+
+
+def test_grpc_is_used_when_its_exporter_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(telemetry, "_grpc_exporter_installed", lambda: True)
+    env = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "GRPC"}
+    assert telemetry.traces_config(env) == telemetry.TracesConfig(("otlp",), "grpc")
+    env = {
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
+    }
+    assert telemetry.traces_config(env).protocol == "http/protobuf"
+
+
+def test_each_exporter_name_builds_its_exporter() -> None:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+    assert isinstance(telemetry._span_exporter("console", "http/protobuf"), ConsoleSpanExporter)
+    assert isinstance(telemetry._span_exporter("otlp", "http/protobuf"), OTLPSpanExporter)
+
+
+_CONSOLE_SERVICE = """
+import asyncio, httpx
+from fastapi import FastAPI
+from opentelemetry import trace
+from services.common import telemetry
+app = FastAPI()
+telemetry.setup(app, "console-test")
+@app.get("/stock/{sku}")
+async def stock(sku: str) -> dict:
+    return {"sku": sku}
+async def go() -> None:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://svc") as client:
+        assert (await client.get("/stock/sku-1")).status_code == 200
+asyncio.run(go())
+trace.get_tracer_provider().force_flush()
+print("tracing", telemetry.tracing())
+"""
+
+
+def _service_process(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k not in OTEL_VARIABLES}
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env={**clean, **env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+
+
+def test_console_exporter_prints_the_server_span() -> None:
+    done = _service_process(_CONSOLE_SERVICE, {"OTEL_TRACES_EXPORTER": "console"})
+    assert done.returncode == 0, done.stderr
+    assert '"name": "GET /stock/{sku}"' in done.stdout
+    assert '"http.route": "/stock/{sku}"' in done.stdout
+    assert "tracing True" in done.stdout
+
+
+def test_without_exporter_nothing_is_printed_and_tracing_is_off() -> None:
+    done = _service_process(_CONSOLE_SERVICE, {"OTEL_TRACES_EXPORTER": "none"})
+    assert done.returncode == 0, done.stderr
+    assert '"name"' not in done.stdout and "tracing False" in done.stdout
+
+
+def test_a_service_refuses_to_start_on_a_bad_exporter_naming_the_variable() -> None:
+    done = _service_process(
+        "from services.order.__main__ import main; main()",
+        {"OTEL_TRACES_EXPORTER": "zipkin", "CHAOSBED_PORT": "0"},
+    )
+    assert done.returncode == 1
+    assert "order: OTEL_TRACES_EXPORTER='zipkin': unknown exporter 'zipkin'" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def _records(log_lines: io.StringIO) -> list[dict[str, object]]:
@@ -267,8 +431,154 @@ def test_without_tracing_histograms_carry_no_exemplar(
     _call(app, "POST", "/untraced-route-404", {"traceparent": traceparent})
     body = _call(app, "GET", "/metrics").text
     lines = [
-        line for line in body.splitlines()
+        line
+        for line in body.splitlines()
         if line.startswith("chaosbed_http_server_request_duration_seconds_bucket{")
-        and 'route="unmatched"' in line and 'status="404"' in line
+        and 'route="unmatched"' in line
+        and 'status="404"' in line
     ]
     assert lines and not any("trace_id" in line for line in lines)
+
+
+# --- HTTP semantic conventions -------------------------------------------------------
+
+
+def test_server_span_has_the_semconv_http_attributes(app: FastAPI) -> None:
+    _exporter.clear()
+
+    async def go() -> int:
+        transport = httpx.ASGITransport(app=app, client=("10.1.2.3", 50123))
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://shop.example:18000"
+        ) as client:
+            return (await client.post("/orders/o-9?source=app")).status_code
+
+    assert asyncio.run(go()) == 200
+    (span,) = _server_spans("/orders/{order_id}")
+    assert span.name == "POST /orders/{order_id}"
+    assert span.status.status_code is StatusCode.UNSET
+    attributes = dict(span.attributes or {})
+    assert attributes == {
+        "http.request.method": "POST",
+        "http.route": "/orders/{order_id}",
+        "http.response.status_code": 200,
+        "url.path": "/orders/o-9",
+        "url.query": "source=app",
+        "url.scheme": "http",
+        "server.address": "shop.example",
+        "server.port": 18000,
+        "client.address": "10.1.2.3",
+        "network.protocol.version": "1.1",
+    }
+
+
+def test_server_error_span_has_error_type(app: FastAPI) -> None:
+    _exporter.clear()
+    assert _call(app, "GET", "/boom").status_code == 500
+    (span,) = _server_spans("/boom")
+    attributes = span.attributes or {}
+    assert attributes["error.type"] == "RuntimeError"  # the exception, not only the status
+    assert attributes["http.response.status_code"] == 500
+    assert attributes["server.address"] == "svc" and attributes["server.port"] == 80
+
+
+def test_unknown_route_span_is_named_by_method_only(app: FastAPI) -> None:
+    _exporter.clear()
+    assert _call(app, "GET", "/no/such/page").status_code == 404
+    (span,) = [s for s in _exporter.get_finished_spans() if s.kind is SpanKind.SERVER]
+    assert span.name == "GET"
+    attributes = span.attributes or {}
+    assert "http.route" not in attributes and "error.type" not in attributes  # 404: no error
+    assert attributes["url.path"] == "/no/such/page"
+    assert span.status.status_code is StatusCode.UNSET
+
+
+def _client_spans() -> list[ReadableSpan]:
+    return [s for s in _exporter.get_finished_spans() if s.kind is SpanKind.CLIENT]
+
+
+def _peer_call(status_line: bytes | None, path: str) -> None:
+    """One ServiceClient call to a loopback peer answering `status_line` (None: port closed)."""
+    from services.common.http import PeerError, ServiceClient
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 " + (status_line or b"") + b"\r\ncontent-length: 2\r\n\r\n{}")
+        await writer.drain()
+        writer.close()
+
+    async def go() -> None:
+        server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        if status_line is None:
+            server.close()
+            await server.wait_closed()
+        client = ServiceClient(f"http://127.0.0.1:{port}", timeout_s=2.0, peer="inventory")
+        try:
+            await client.request("GET", path)
+        except PeerError:
+            pass
+        finally:
+            await client.close()
+            server.close()
+
+    asyncio.run(go())
+
+
+def test_client_span_has_the_semconv_http_attributes(app: FastAPI) -> None:
+    _exporter.clear()
+    _peer_call(b"200 OK", "/stock/sku-1?fresh=1")
+    (span,) = _client_spans()
+    assert span.name == "GET"
+    attributes = dict(span.attributes or {})
+    port = attributes.pop("server.port")
+    assert isinstance(port, int) and port > 0
+    assert attributes == {
+        "http.request.method": "GET",
+        "url.full": f"http://127.0.0.1:{port}/stock/sku-1?fresh=1",
+        "server.address": "127.0.0.1",
+        "peer.service": "inventory",
+        "http.response.status_code": 200,
+    }
+    assert span.status.status_code is StatusCode.UNSET
+
+
+@pytest.mark.parametrize("status", [b"409 Conflict", b"503 Service Unavailable"])
+def test_client_span_of_an_error_status_has_error_type(app: FastAPI, status: bytes) -> None:
+    _exporter.clear()
+    _peer_call(status, "/reservations")
+    (span,) = _client_spans()
+    code = status.split()[0].decode()
+    assert (span.attributes or {})["error.type"] == code
+    assert (span.attributes or {})["http.response.status_code"] == int(code)
+    assert span.status.status_code is StatusCode.ERROR
+
+
+def test_client_span_of_a_transport_failure_names_the_exception(app: FastAPI) -> None:
+    _exporter.clear()
+    _peer_call(None, "/reservations")
+    (span,) = _client_spans()
+    attributes = span.attributes or {}
+    assert attributes["error.type"] == "aiohttp.client_exceptions.ClientConnectorError"
+    assert "http.response.status_code" not in attributes
+    assert span.status.status_code is StatusCode.ERROR
+
+
+def test_idle_sweep_makes_no_span_and_a_sweep_that_cancels_makes_one(
+    app: FastAPI, tmp_path: Path
+) -> None:
+    from services.inventory import domain, workers
+    from services.inventory.store import InventoryStore
+
+    store = InventoryStore.open(str(tmp_path / "inventory.db"))
+    domain.seed_stock(store, {"sku-1": 10})
+    _exporter.clear()
+    assert workers.sweep_once(store) == 0
+    assert [s.name for s in _exporter.get_finished_spans()] == []
+    domain.try_reserve(store, "o-1", "sku-1", 2, ttl_s=0.1, now=time.time() - 10)
+    assert workers.sweep_once(store) == 1
+    (span,) = _exporter.get_finished_spans()
+    assert span.name == "inventory.sweep" and span.parent is None
+    assert (span.attributes or {})["chaosbed.swept"] == 1
+    assert span.start_time is not None and span.end_time is not None
+    assert span.start_time <= span.end_time
