@@ -1,7 +1,9 @@
-"""One pure function per anomaly class of CHECKS.md, each from the derived facts to a `CheckResult`.
+"""One pure function per anomaly class of CHECKS.md, each declared once with `@checker`.
 
-Checkers read the records through `slos.facts.Facts`, the sets of CHECKS.md (Ok(pay), PaidL,
-PaidD …) derived once per audit.
+A checker reads the derived facts (`slos.facts.Facts`, built once per audit) and says what it
+found: the offending order ids (or skus), a detail for each, and its statistics.  The registry
+turns that into a `CheckResult` carrying the class's id, name and verdict, so each is written in
+one place; `CHECKERS`, `INFO_CLASSES` and the gate's plain words (`PLAIN`) are read off it.
 """
 
 from __future__ import annotations
@@ -57,30 +59,82 @@ class CheckResult:
         return out
 
 
-# --- result helpers ----------------------------------------------------------
+def _no_detail(_: str) -> str:
+    return ""
 
 
-def _found(
-    f: Facts,
-    cls: str,
-    name: str,
-    offenders: Iterable[str],
-    detail: Callable[[str], str],
-    *,
-    verdict: str = INVALID,
-    stats: dict[str, Any] | None = None,
-) -> CheckResult:
-    """A result over a set of offending order ids; the first ids (sorted) become examples."""
-    ids = list(offenders)
-    shown = heapq.nsmallest(f.max_examples, ids)
-    return CheckResult(
-        cls=cls,
-        name=name,
-        verdict=verdict if ids or verdict == INFO_VERDICT else VALID,
-        count=len(ids),
-        examples=[f.example(k, detail(k)) for k in shown],
-        stats=stats or {},
-    )
+@dataclass(slots=True)
+class Found:
+    """What one checker found: the offenders (order ids, or skus) and a detail for each."""
+
+    offenders: Iterable[str] = ()
+    detail: Callable[[str], str] = _no_detail
+    stats: dict[str, Any] = field(default_factory=dict)
+    by_sku: bool = False  # offenders are skus: examples name the sku, not an order
+    count: int | None = None  # a measure's sample count, when it reports no offenders (P11)
+    undecided: str | None = None  # the records cannot decide this class: why (verdict unknown)
+
+
+Find = Callable[[Facts], Found]
+
+
+@dataclass(frozen=True, slots=True)
+class Checker:
+    """One anomaly class: its id, name, the verdict of finding it, and how to find it."""
+
+    cls: str
+    name: str
+    verdict: str  # invalid, or info: found is reported but allowed
+    find: Find
+    plain: str | None = None  # what it means to someone who does not read the code; {n} = count
+
+    def __call__(self, f: Facts) -> CheckResult:
+        return self.result(f, self.find(f))
+
+    def result(self, f: Facts, found: Found) -> CheckResult:
+        """A result over the offenders; the first ids (sorted) become examples."""
+        if found.undecided is not None:
+            return CheckResult(self.cls, self.name, UNKNOWN, 0, [],
+                               {**found.stats, "error": found.undecided})
+        ids = list(found.offenders)
+        shown = heapq.nsmallest(f.max_examples, ids)
+        detail = found.detail
+        if found.by_sku:
+            examples = [{"order_id": None, "trace_id": None, "sku": sku, "detail": detail(sku)}
+                        for sku in shown]
+        else:
+            examples = [f.example(k, detail(k)) for k in shown]
+        return CheckResult(
+            cls=self.cls,
+            name=self.name,
+            verdict=self.verdict if ids or self.verdict == INFO_VERDICT else VALID,
+            count=len(ids) if found.count is None else found.count,
+            examples=examples,
+            stats=found.stats,
+        )
+
+
+# The registry, in catalog order (the order checkers are declared in below).
+CHECKERS: dict[str, Checker] = {}
+
+
+def checker(
+    cls: str, name: str, *, verdict: str = INVALID, plain: str | None = None
+) -> Callable[[Find], Checker]:
+    """Declare a checker for anomaly class `cls`: `@checker("P1", "lost acknowledged payment")`."""
+    if verdict not in (INVALID, INFO_VERDICT):
+        raise ValueError(f"checker {cls}: verdict {verdict!r} is not {INVALID!r} or "
+                         f"{INFO_VERDICT!r}")
+
+    def register(find: Find) -> Checker:
+        if cls in CHECKERS:
+            raise ValueError(f"anomaly class {cls} is declared twice "
+                             f"({CHECKERS[cls].find.__name__} and {find.__name__})")
+        declared = Checker(cls, name, verdict, find, plain)
+        CHECKERS[cls] = declared
+        return declared
+
+    return register
 
 
 def _status(f: Facts, k: str) -> str:
@@ -91,73 +145,69 @@ def _status(f: Facts, k: str) -> str:
 # --- payments ----------------------------------------------------------------
 
 
-def lost_acknowledged_payment(f: Facts) -> CheckResult:
+@checker("P1", "lost acknowledged payment",
+         plain="{n} payment(s) the shopper was told had succeeded were lost by the order service")
+def lost_acknowledged_payment(f: Facts) -> Found:
     """P1: the shopper was told paid, the order database does not have it paid.
 
     A payment that landed after the order closed and was refunded is not lost (P14)."""
     bad = f.ok("pay") - f.paid_db - f.refunded_late
-    return _found(f, "P1", "lost acknowledged payment", bad,
-                  lambda k: f"pay ok in history, order status {_status(f, k)}")
+    return Found(bad, lambda k: f"pay ok in history, order status {_status(f, k)}")
 
 
-def false_success(f: Facts) -> CheckResult:
+@checker("P2", "false success",
+         plain="{n} shopper(s) were told their payment succeeded but no money was taken")
+def false_success(f: Facts) -> Found:
     """P2: the shopper was told paid, the channel has no live charge."""
     bad = f.ok("pay") - f.paid_ledger - f.refunded_late
-    return _found(f, "P2", "false success", bad,
-                  lambda k: "pay ok in history, no live charge in the channel ledger")
+    return Found(bad, lambda k: "pay ok in history, no live charge in the channel ledger")
 
 
-def failed_but_charged(f: Facts) -> CheckResult:
+@checker("P3", "failed but charged",
+         plain="{n} shopper(s) were told their payment failed but were charged anyway")
+def failed_but_charged(f: Facts) -> Found:
     """P3: every pay attempt failed for certain, yet the channel charged."""
     bad = f.failed("pay") & f.paid_ledger
-    return _found(f, "P3", "failed but charged", bad,
-                  lambda k: "pay failed in history, charged in the channel ledger")
+    return Found(bad, lambda k: "pay failed in history, charged in the channel ledger")
 
 
-def refunded_late_payment(f: Facts) -> CheckResult:
-    """P14: paid after the order closed, and the money went back (the designed repair)."""
-    seen = f.ok("pay") & f.refunded_late
-    return _found(f, "P14", "late payment refunded", seen,
-                  lambda k: "paid after the order closed; refunded", verdict=INFO_VERDICT)
-
-
-def unexpected_payment(f: Facts) -> CheckResult:
+@checker("P4", "unexpected payment", plain="{n} payment(s) appeared without the shopper paying")
+def unexpected_payment(f: Facts) -> Found:
     """P4: paid in the ledger or the database without any pay attempt."""
     pay = f.outcomes("pay")  # (PaidL ∪ PaidD) ∖ Att(pay), with Att(pay) = Ok(pay) ∪ not ok
     bad = (f.paid_ledger - pay.ok - pay.not_ok) | (f.paid_db - pay.ok - pay.not_ok)
-    return _found(f, "P4", "unexpected payment", bad,
-                  lambda k: f"paid (ledger: {k in f.paid_ledger}, order: {_status(f, k)}) "
-                            "with no pay attempt in history")
+    return Found(bad, lambda k: f"paid (ledger: {k in f.paid_ledger}, order: {_status(f, k)}) "
+                                "with no pay attempt in history")
 
 
-def recovered_payment(f: Facts) -> CheckResult:
+@checker("P5", "recovered", verdict=INFO_VERDICT)
+def recovered_payment(f: Facts) -> Found:
     """P5: the shopper never heard back, the order was paid anyway (expected, info)."""
-    good = f.unknown("pay") & f.paid_db
-    return _found(f, "P5", "recovered", good, lambda k: "pay outcome unknown, order is paid",
-                  verdict=INFO_VERDICT)
+    return Found(f.unknown("pay") & f.paid_db, lambda k: "pay outcome unknown, order is paid")
 
 
-def orphan_charge(f: Facts) -> CheckResult:
+@checker("P6", "orphan charge",
+         plain="{n} shopper(s) were charged but their order was never marked paid")
+def orphan_charge(f: Facts) -> Found:
     """P6: money taken, order not paid."""
     bad = f.paid_ledger - f.paid_db
-    return _found(f, "P6", "orphan charge", bad,
-                  lambda k: f"live charge in the ledger, order status {_status(f, k)}")
+    return Found(bad, lambda k: f"live charge in the ledger, order status {_status(f, k)}")
 
 
-def unfunded_order(f: Facts) -> CheckResult:
+@checker("P7", "unfunded order", plain="{n} order(s) were marked paid without any money received")
+def unfunded_order(f: Facts) -> Found:
     """P7: order paid, no live charge at the channel."""
     bad = f.paid_db - f.paid_ledger
-    return _found(f, "P7", "unfunded order", bad,
-                  lambda k: "order is PAID, no live charge in the channel ledger")
+    return Found(bad, lambda k: "order is PAID, no live charge in the channel ledger")
 
 
-def duplicate_charge(f: Facts) -> CheckResult:
-    """P8: more than one live charge for one order."""
+@checker("P8", "duplicate charge", plain="{n} shopper(s) were charged twice")
+def duplicate_charge(f: Facts) -> Found:
+    """P8: more than one live charge for one order (cntL(k) > 1)."""
     bad = set() if f.single_charges is not None else {
         k for k, live in f.charges.items() if len(live) > 1}
-    return _found(f, "P8", "duplicate charge", bad,
-                  lambda k: f"{len(f.charges[k])} live charges: "
-                            + ", ".join(c.payment_id for c in f.charges[k]))
+    return Found(bad, lambda k: f"{len(f.charges[k])} live charges: "
+                                + ", ".join(c.payment_id for c in f.charges[k]))
 
 
 _EFFECT_MEMO: dict[str | None, bool] = {}
@@ -180,7 +230,8 @@ def _repeated(ids: list[Any]) -> dict[Any, int]:
     return {k: n for k, n in Counter(ids).items() if n > 1}
 
 
-def duplicate_effect(f: Facts) -> CheckResult:
+@checker("P9", "duplicate effect", plain="{n} order(s) were confirmed or fulfilled more than once")
+def duplicate_effect(f: Facts) -> Found:
     """P9: more than one PAID transition, confirm or applied notification for one order."""
     paid = _repeated([t.order_id for t in f.records.transitions if t.to_state in PAID_STATES])
     confirms = _repeated([o.order_id for o in f.records.outbox if o.kind == "confirm"])
@@ -192,10 +243,11 @@ def duplicate_effect(f: Facts) -> CheckResult:
                   (applied, "applied notifications"))
         return ", ".join(f"{seen[k]} {what}" for seen, what in counts if k in seen)
 
-    return _found(f, "P9", "duplicate effect", bad, detail)
+    return Found(bad, detail)
 
 
-def duplicate_notification(f: Facts) -> CheckResult:
+@checker("P9'", "duplicate notification", verdict=INFO_VERDICT)
+def duplicate_notification(f: Facts) -> Found:
     """P9': one payment notified (and acknowledged) more than once: allowed, at-least-once."""
     acked = f.acked_notifications
     txns = [n.txn_id for n in acked]
@@ -205,13 +257,12 @@ def duplicate_notification(f: Facts) -> CheckResult:
     per_order: Counter[str] = Counter()
     for (merchant, _), n in extra.items():
         per_order[f.ledger_order(merchant)] += n
-    return _found(f, "P9'", "duplicate notification", per_order,
-                  lambda k: f"notification acknowledged {per_order[k]} times",
-                  verdict=INFO_VERDICT,
-                  stats={"extra_deliveries": sum(n - 1 for n in extra.values())})
+    return Found(per_order, lambda k: f"notification acknowledged {per_order[k]} times",
+                 stats={"extra_deliveries": sum(n - 1 for n in extra.values())})
 
 
-def amount_mismatch(f: Facts) -> CheckResult:
+@checker("P10", "amount mismatch", plain="{n} charge(s) did not match the order amount")
+def amount_mismatch(f: Facts) -> Found:
     """P10: a live charge's amount differs from its order's amount."""
     orders = f.orders
     single = f.single_charges
@@ -221,29 +272,30 @@ def amount_mismatch(f: Facts) -> CheckResult:
     else:
         bad = {k for k, live in f.charges.items()
                if k in orders and any(c.amount != orders[k].amount for c in live)}
-    return _found(f, "P10", "amount mismatch", bad,
-                  lambda k: f"order amount {orders[k].amount}, charged "
-                            + ", ".join(str(c.amount) for c in f.charges[k]))
+    return Found(bad, lambda k: f"order amount {orders[k].amount}, charged "
+                                + ", ".join(str(c.amount) for c in f.charges[k]))
 
 
-def payment_lag(f: Facts) -> CheckResult:
+@checker("P11", "payment lag", verdict=INFO_VERDICT)
+def payment_lag(f: Facts) -> Found:
     """P11: from the charge at the channel to the order being paid (SLO material)."""
     stats = quantiles(f.payment_lags[1])
-    return CheckResult("P11", "payment lag", INFO_VERDICT, int(stats["count"] or 0), [], stats)
+    return Found(stats=stats, count=int(stats["count"] or 0))
 
 
-def confirmation_time(f: Facts) -> CheckResult:
+@checker("P11'", "shopper confirmation time", verdict=INFO_VERDICT)
+def confirmation_time(f: Facts) -> Found:
     """P11': from the shopper's pay ok to the first poll that sees PAID ("stuck on processing")."""
     times, waits, gave_up = f.confirmation_waits
     paid_ok = len(times) + len(gave_up)
     stats: dict[str, Any] = dict(quantiles(waits))
     stats["gave_up"] = len(gave_up)
     stats["gave_up_share"] = len(gave_up) / paid_ok if paid_ok else None
-    return _found(f, "P11'", "shopper confirmation time", [k for _, k in gave_up],
-                  lambda k: "paid, but no poll saw PAID", verdict=INFO_VERDICT, stats=stats)
+    return Found([k for _, k in gave_up], lambda k: "paid, but no poll saw PAID", stats=stats)
 
 
-def forged_accepted(f: Facts) -> CheckResult:
+@checker("P12", "forged accepted", plain="{n} forged payment notification(s) were accepted")
+def forged_accepted(f: Facts) -> Found:
     """P12: a notification the channel never genuinely sent changed state, or a PAID order's
     transaction is not a charge in the ledger."""
     reasons: dict[str, str] = {}
@@ -262,21 +314,50 @@ def forged_accepted(f: Facts) -> CheckResult:
             if order.status in PAID_STATES and txn is not None and txn not in txns:
                 reasons.setdefault(order.order_id, f"PAID with txn {txn}, "
                                                    "not a charge in the ledger")
-    return _found(f, "P12", "forged accepted", reasons, lambda k: reasons[k])
+    return Found(reasons, reasons.__getitem__)
+
+
+@checker("P13", "lost acknowledgement")
+def lost_acknowledgement(f: Facts) -> Found:
+    """P13: the channel got a success answer for a notification the order service never kept.
+
+    The order service writes a receipt in the transaction that decides its answer, so an
+    acked genuine notification without a receipt was answered before (or without) a commit:
+    after a crash the channel stops retrying and only reconciliation can save the payment.
+    """
+    acked = f.acked_notifications
+    if acked and not f.records.receipts:
+        return Found(undecided="the order export has no receipt records to compare")
+    kept = {r.notify_id for r in f.records.receipts}
+    lost: dict[str, str] = {}
+    if not kept.issuperset([n.notify_id for n in acked]):  # rare: only then name the orders
+        for notify_id, n in {n.notify_id: n for n in acked}.items():
+            if notify_id not in kept:
+                lost[f.ledger_order(n.merchant_order_id)] = notify_id
+    return Found(lost, lambda k: f"notification {lost[k]} was acknowledged but not recorded")
+
+
+@checker("P14", "late payment refunded", verdict=INFO_VERDICT)
+def refunded_late_payment(f: Facts) -> Found:
+    """P14: paid after the order closed, and the money went back (the designed repair)."""
+    return Found(f.ok("pay") & f.refunded_late,
+                 lambda k: "paid after the order closed; refunded")
 
 
 # --- orders ------------------------------------------------------------------
 
 
-def lost_order(f: Facts) -> CheckResult:
+@checker("O1", "lost order", plain="{n} order(s) the shopper was told exist are missing")
+def lost_order(f: Facts) -> Found:
     """O1: the shopper was told the order exists, the order database does not have it."""
     places = [op for op in f.ops_of("place_order") if op.outcome == OK]
     orders = f.orders
     bad = {k for k in f.order_ids(places) if k not in orders}  # Ok(place_order) ∖ D
-    return _found(f, "O1", "lost order", bad, lambda k: "place_order ok in history, no order in D")
+    return Found(bad, lambda k: "place_order ok in history, no order in D")
 
 
-def duplicate_order(f: Facts) -> CheckResult:
+@checker("O2", "duplicate order", plain="{n} order(s) were created twice")
+def duplicate_order(f: Facts) -> Found:
     """O2: more than one order for one idempotency key."""
     repeated = _repeated([o.idempotency_key for o in f.records.orders
                           if o.idempotency_key is not None])
@@ -286,21 +367,22 @@ def duplicate_order(f: Facts) -> CheckResult:
         if key is not None and key in repeated:
             per_key[key].append(order.order_id)
     dups = {ids[0]: ids for ids in per_key.values()}
-    return _found(f, "O2", "duplicate order", dups,
-                  lambda k: f"key {f.orders[k].idempotency_key} has orders {', '.join(dups[k])}")
+    return Found(dups, lambda k: f"key {f.orders[k].idempotency_key} has orders "
+                                 f"{', '.join(dups[k])}")
 
 
-def stuck_order(f: Facts) -> CheckResult:
+@checker("O3", "stuck order", plain="{n} order(s) are stuck, neither paid nor closed")
+def stuck_order(f: Facts) -> Found:
     """O3: orders not in a final state at the end of the settle window."""
     bad = [o.order_id for o in f.records.orders if o.status not in FINAL_STATES]
-    return _found(f, "O3", "stuck order", bad,
-                  lambda k: f"status {f.orders[k].status} after the settle window")
+    return Found(bad, lambda k: f"status {f.orders[k].status} after the settle window")
 
 
 # --- inventory ---------------------------------------------------------------
 
 
-def oversell(f: Facts) -> CheckResult:
+@checker("I1", "oversell", plain="stock was oversold for {n} product(s)")
+def oversell(f: Facts) -> Found:
     """I1: stock below zero, or more confirmed than there ever was."""
     confirmed = f.reserved_in("CONFIRMED")
     details: dict[str, str] = {}
@@ -309,10 +391,11 @@ def oversell(f: Facts) -> CheckResult:
             details[s.sku] = f"sku {s.sku}: available {s.available} < 0"
         elif confirmed[s.sku] > s.initial:
             details[s.sku] = f"sku {s.sku}: confirmed {confirmed[s.sku]} > initial {s.initial}"
-    return _sku_result(f, "I1", "oversell", details)
+    return Found(details, details.__getitem__, by_sku=True)
 
 
-def stock_not_conserved(f: Facts) -> CheckResult:
+@checker("I2", "stock not conserved", plain="stock does not add up for {n} product(s)")
+def stock_not_conserved(f: Facts) -> Found:
     """I2: initial − available ≠ Σ CONFIRMED + Σ live TRY."""
     confirmed = f.reserved_in("CONFIRMED")
     trying = f.reserved_in("TRY")
@@ -323,22 +406,11 @@ def stock_not_conserved(f: Facts) -> CheckResult:
         if taken != held:
             details[s.sku] = (f"sku {s.sku}: initial − available = {taken}, "
                               f"confirmed + try = {held}")
-    return _sku_result(f, "I2", "stock not conserved", details)
+    return Found(details, details.__getitem__, by_sku=True)
 
 
-def _sku_result(f: Facts, cls: str, name: str, details: dict[str, str]) -> CheckResult:
-    shown = sorted(details)[: f.max_examples]
-    return CheckResult(
-        cls=cls,
-        name=name,
-        verdict=INVALID if details else VALID,
-        count=len(details),
-        examples=[{"order_id": None, "trace_id": None, "sku": sku, "detail": details[sku]}
-                  for sku in shown],
-    )
-
-
-def leaked_reservation(f: Facts) -> CheckResult:
+@checker("I3", "leaked reservation", plain="{n} stock reservation(s) were never released")
+def leaked_reservation(f: Facts) -> Found:
     """I3: a TRY older than its ttl plus one sweeper period at the audit's reference time."""
     now = f.records.reference_time()
     grace = f.records.run.sweep_every_s
@@ -347,12 +419,13 @@ def leaked_reservation(f: Facts) -> CheckResult:
         for r in f.records.reservations
         if r.state == "TRY" and now - r.t_try > r.ttl + grace
     }
-    return _found(f, "I3", "leaked reservation", ages,
-                  lambda k: f"TRY for {ages[k]:.1f}s (ttl + sweeper period exceeded)",
-                  stats={"reference_time": now, "sweep_every_s": grace})
+    return Found(ages, lambda k: f"TRY for {ages[k]:.1f}s (ttl + sweeper period exceeded)",
+                 stats={"reference_time": now, "sweep_every_s": grace})
 
 
-def hanging_try(f: Facts) -> CheckResult:
+@checker("I4", "hanging try",
+         plain="{n} reservation(s) took stock after their order was cancelled")
+def hanging_try(f: Facts) -> Found:
     """I4: a try that took stock after its order's cancel; or an empty rollback that moved stock."""
     reasons: dict[str, str] = {}
     cancelled_at: dict[str, float] = {t.order_id: t.t for t in f.records.tombstones}
@@ -371,10 +444,12 @@ def hanging_try(f: Facts) -> CheckResult:
     for r in f.records.reservations if tombstones else ():
         if r.t_try > tombstones.get(r.order_id, math.inf):
             reasons.setdefault(r.order_id, "reservation created after its cancel (tombstone)")
-    return _found(f, "I4", "hanging try", reasons, lambda k: reasons[k])
+    return Found(reasons, reasons.__getitem__)
 
 
-def sold_unpaid(f: Facts) -> CheckResult:
+@checker("I5", "sold unpaid / paid but released",
+         plain="{n} order(s) had stock sold unpaid, or released while paid")
+def sold_unpaid(f: Facts) -> Found:
     """I5: stock confirmed for an unpaid order, or a paid order's stock released and no refund."""
     reasons: dict[str, str] = {}
     paid = f.paid_ledger
@@ -386,65 +461,20 @@ def sold_unpaid(f: Facts) -> CheckResult:
             reasons[r.order_id] = "reservation CONFIRMED, no live charge in the ledger"
         elif r.state == "CANCELLED" and r.order_id in paid:
             reasons[r.order_id] = "paid (not refunded) but its reservation was CANCELLED"
-    return _found(f, "I5", "sold unpaid / paid but released", reasons, lambda k: reasons[k])
+    return Found(reasons, reasons.__getitem__)
 
 
-def outbox_lost(f: Facts) -> CheckResult:
+# --- queues ------------------------------------------------------------------
+
+
+@checker("Q1", "outbox lost", plain="{n} internal message(s) were never delivered")
+def outbox_lost(f: Facts) -> Found:
     """Q1: outbox rows never delivered."""
     rows = {o.order_id: o for o in f.records.outbox if o.delivered_at is None}
-    return _found(f, "Q1", "outbox lost", rows,
-                  lambda k: f"{rows[k].kind} row {rows[k].id} undelivered after "
-                            f"{rows[k].attempts} attempts")
+    return Found(rows, lambda k: f"{rows[k].kind} row {rows[k].id} undelivered after "
+                                 f"{rows[k].attempts} attempts")
 
 
-def lost_acknowledgement(f: Facts) -> CheckResult:
-    """P13: the channel got a success answer for a notification the order service never kept.
-
-    The order service writes a receipt in the transaction that decides its answer, so an
-    acked genuine notification without a receipt was answered before (or without) a commit:
-    after a crash the channel stops retrying and only reconciliation can save the payment.
-    """
-    acked = f.acked_notifications
-    if acked and not f.records.receipts:
-        return CheckResult("P13", "lost acknowledgement", UNKNOWN, 0, [],
-                           {"error": "the order export has no receipt records to compare"})
-    kept = {r.notify_id for r in f.records.receipts}
-    lost: dict[str, str] = {}
-    if not kept.issuperset([n.notify_id for n in acked]):  # rare: only then name the orders
-        for notify_id, n in {n.notify_id: n for n in acked}.items():
-            if notify_id not in kept:
-                lost[f.ledger_order(n.merchant_order_id)] = notify_id
-    return _found(f, "P13", "lost acknowledgement", lost,
-                  lambda k: f"notification {lost[k]} was acknowledged but not recorded")
-
-
-Checker = Callable[[Facts], CheckResult]
-
-CHECKERS: dict[str, tuple[str, Checker]] = {
-    "P1": ("lost acknowledged payment", lost_acknowledged_payment),
-    "P2": ("false success", false_success),
-    "P3": ("failed but charged", failed_but_charged),
-    "P4": ("unexpected payment", unexpected_payment),
-    "P5": ("recovered", recovered_payment),
-    "P6": ("orphan charge", orphan_charge),
-    "P7": ("unfunded order", unfunded_order),
-    "P8": ("duplicate charge", duplicate_charge),
-    "P9": ("duplicate effect", duplicate_effect),
-    "P9'": ("duplicate notification", duplicate_notification),
-    "P10": ("amount mismatch", amount_mismatch),
-    "P11": ("payment lag", payment_lag),
-    "P11'": ("shopper confirmation time", confirmation_time),
-    "P12": ("forged accepted", forged_accepted),
-    "P13": ("lost acknowledgement", lost_acknowledgement),
-    "P14": ("late payment refunded", refunded_late_payment),
-    "O1": ("lost order", lost_order),
-    "O2": ("duplicate order", duplicate_order),
-    "O3": ("stuck order", stuck_order),
-    "I1": ("oversell", oversell),
-    "I2": ("stock not conserved", stock_not_conserved),
-    "I3": ("leaked reservation", leaked_reservation),
-    "I4": ("hanging try", hanging_try),
-    "I5": ("sold unpaid / paid but released", sold_unpaid),
-    "Q1": ("outbox lost", outbox_lost),
-}
-INFO_CLASSES = frozenset({"P5", "P9'", "P11", "P11'", "P14"})
+# Read off the registry: classes whose finding is allowed, and the gate's plain words.
+INFO_CLASSES = frozenset(cls for cls, c in CHECKERS.items() if c.verdict == INFO_VERDICT)
+PLAIN: dict[str, str] = {cls: c.plain for cls, c in CHECKERS.items() if c.plain is not None}
