@@ -27,7 +27,6 @@ from slos.facts import (  # noqa: F401
     percentile,
     quantiles,
 )
-from slos.records import OK
 
 VALID, INVALID, UNKNOWN, INFO_VERDICT = "valid", "invalid", "unknown", "info"
 # Inbox outcomes that made an order paid (a refund of a second charge is a correct repair).
@@ -174,8 +173,7 @@ def failed_but_charged(f: Facts) -> Found:
 @checker("P4", "unexpected payment", plain="{n} payment(s) appeared without the shopper paying")
 def unexpected_payment(f: Facts) -> Found:
     """P4: paid in the ledger or the database without any pay attempt."""
-    pay = f.outcomes("pay")  # (PaidL ∪ PaidD) ∖ Att(pay), with Att(pay) = Ok(pay) ∪ not ok
-    bad = (f.paid_ledger - pay.ok - pay.not_ok) | (f.paid_db - pay.ok - pay.not_ok)
+    bad = f.unattempted("pay", f.paid_ledger) | f.unattempted("pay", f.paid_db)
     return Found(bad, lambda k: f"paid (ledger: {k in f.paid_ledger}, order: {_status(f, k)}) "
                                 "with no pay attempt in history")
 
@@ -350,9 +348,7 @@ def refunded_late_payment(f: Facts) -> Found:
 @checker("O1", "lost order", plain="{n} order(s) the shopper was told exist are missing")
 def lost_order(f: Facts) -> Found:
     """O1: the shopper was told the order exists, the order database does not have it."""
-    places = [op for op in f.ops_of("place_order") if op.outcome == OK]
-    orders = f.orders
-    bad = {k for k in f.order_ids(places) if k not in orders}  # Ok(place_order) ∖ D
+    bad = f.ok("place_order").difference(f.orders)  # Ok(place_order) ∖ D
     return Found(bad, lambda k: "place_order ok in history, no order in D")
 
 

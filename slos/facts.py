@@ -171,10 +171,11 @@ class Facts:
             self._outcomes[f] = cached
         return cached
 
-    def attempted(self, f: str) -> set[str]:
-        """Att(f): orders with any invoke of f."""
+    def unattempted(self, f: str, orders: set[str]) -> set[str]:
+        """orders ∖ Att(f): those with no invoke of f (Att(f) itself is never built: a copy of
+        a million ids only to subtract it)."""
         o = self.outcomes(f)
-        return o.ok | o.not_ok
+        return orders - o.ok - o.not_ok
 
     def ok(self, f: str) -> set[str]:
         """Ok(f): orders with an ok completion of f."""
