@@ -247,7 +247,8 @@ class Facts:
 
     @cached_property
     def charges(self) -> dict[str, tuple[LedgerEntry, ...]]:
-        """order → its live charges (one per payment, not fully refunded), earliest first."""
+        """order → its live charges (one per payment, not fully refunded), earliest first:
+        cntL(k) is len(charges[k])."""
         single = self.single_charges
         if single is not None:
             return {e.merchant_order_id: (e,) for e in single.charges}
