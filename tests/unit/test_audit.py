@@ -712,3 +712,35 @@ def test_each_checker_with_and_without_its_anomaly(
         cls, CHECKERS[cls].name, CHECKERS[cls].verdict)
     assert found_it.count == 1
     assert found(records, cls) == ([] if culprit is None else [culprit])
+
+
+def _general_shapes(r: Records) -> None:
+    """Records that leave every shortcut of the facts for its general path and change no fact:
+    a zero refund (no single-charge ledger), a failed and a second, later ok pay, a second PAID
+    poll, a rejected unknown notification and a notification without txn, all for o-4."""
+    e = charge(r, "o-4")
+    r.ledger.append(LedgerEntry(97, e.txn_id, e.payment_id, "o-4", "refund", 0, "succeeded",
+                                e.t + 1, "rf-zero"))
+    pay, poll = op_of(r, "pay", "o-4"), op_of(r, "poll", "o-4")
+    assert pay.end is not None and poll.end is not None
+    r.ops.append(replace(pay, op_id="pay-failed", start=pay.start - 2, end=pay.start - 1,
+                         outcome="fail"))
+    r.ops.append(replace(pay, op_id="pay-again", start=pay.end + 1, end=pay.end + 2))
+    r.ops.append(replace(poll, op_id="poll-again", start=poll.end + 3, end=poll.end + 4))
+    r.inbox.append(InboxEntry("x-4", "n-unknown", "o-4", T0 + 8, "rejected"))
+    next(n for n in r.notifications if n.merchant_order_id == "o-4").txn_id = None
+
+
+@pytest.mark.parametrize("plant", [None, lost_payment, false_success, failed_but_charged,
+                                   unexpected_payment, duplicate_charge, amount_mismatch,
+                                   forged_accepted, forged_txn, sold_unpaid])
+def test_general_paths_agree_with_the_shortcuts(plant: Callable[[Records], str] | None) -> None:
+    shortcut, general = clean_run(5), clean_run(5)
+    if plant is not None:
+        plant(shortcut)
+        plant(general)
+    _general_shapes(general)
+    facts = Facts(general)
+    assert facts.single_charges is None and facts.outcomes("pay").not_ok
+    assert len(facts.outcomes("pay").ok_ids) > len(facts.outcomes("pay").ok)
+    assert audit(general).to_dict()["checks"] == audit(shortcut).to_dict()["checks"]
