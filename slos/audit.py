@@ -13,16 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from rundir import write_json
-from slos.checkers import (
-    CHECKERS,
-    INFO_VERDICT,
-    INVALID,
-    MAX_EXAMPLES,
-    UNKNOWN,
-    VALID,
-    CheckResult,
-    Facts,
-)
+from slos.checkers import CHECKERS, INFO_VERDICT, INVALID, UNKNOWN, VALID, CheckResult
+from slos.facts import MAX_EXAMPLES, Facts
 from slos.records import Records
 
 
@@ -54,11 +46,11 @@ class AuditResult:
 
 def run_checker(cls: str, facts: Facts) -> CheckResult:
     """One checker; an exception becomes an unknown verdict carrying the error."""
-    name, check = CHECKERS[cls]
+    check = CHECKERS[cls]
     try:
         return check(facts)
     except Exception as exc:  # a broken checker must not hide the other classes
-        return CheckResult(cls, name, UNKNOWN, error=f"{type(exc).__name__}: {exc}")
+        return CheckResult(cls, check.name, UNKNOWN, error=f"{type(exc).__name__}: {exc}")
 
 
 def merge(verdicts: list[str]) -> str:
@@ -71,7 +63,7 @@ def merge(verdicts: list[str]) -> str:
 
 def audit(records: Records, *, max_examples: int = MAX_EXAMPLES) -> AuditResult:
     started = time.perf_counter()
-    facts = Facts(records, max_examples=max_examples)
+    facts = Facts(records, max_examples=max_examples)  # the derived facts, once for all checkers
     # Millions of long-lived records make the cyclic GC rescan them over and over; the
     # checkers create no cycles, so pausing it is safe and several times faster.
     was_enabled = gc.isenabled()

@@ -13,7 +13,7 @@ from typing import Any
 
 from rundir import RunDirError, read_json, write_json
 from slos.audit import AuditResult, audit, write_audit
-from slos.checkers import INFO_VERDICT, INVALID, UNKNOWN, VALID
+from slos.checkers import INFO_VERDICT, INVALID, PLAIN, UNKNOWN, VALID
 from slos.evaluate import (
     FAIL_TIER,
     PASS,
@@ -32,30 +32,6 @@ EXIT_PASS, EXIT_FAIL, EXIT_UNKNOWN, EXIT_HARNESS = 0, 1, 2, 3
 ERROR = "error"
 EXIT_CODES = {PASS: EXIT_PASS, WARNING: EXIT_PASS, FAIL_TIER: EXIT_FAIL, UNKNOWN: EXIT_UNKNOWN,
               ERROR: EXIT_HARNESS}
-
-# What each anomaly means to someone who does not read the code ("{n}" is the count).
-PLAIN: dict[str, str] = {
-    "P1": "{n} payment(s) the shopper was told had succeeded were lost by the order service",
-    "P2": "{n} shopper(s) were told their payment succeeded but no money was taken",
-    "P3": "{n} shopper(s) were told their payment failed but were charged anyway",
-    "P4": "{n} payment(s) appeared without the shopper paying",
-    "P6": "{n} shopper(s) were charged but their order was never marked paid",
-    "P7": "{n} order(s) were marked paid without any money received",
-    "P8": "{n} shopper(s) were charged twice",
-    "P9": "{n} order(s) were confirmed or fulfilled more than once",
-    "P10": "{n} charge(s) did not match the order amount",
-    "P12": "{n} forged payment notification(s) were accepted",
-    "O1": "{n} order(s) the shopper was told exist are missing",
-    "O2": "{n} order(s) were created twice",
-    "O3": "{n} order(s) are stuck, neither paid nor closed",
-    "I1": "stock was oversold for {n} product(s)",
-    "I2": "stock does not add up for {n} product(s)",
-    "I3": "{n} stock reservation(s) were never released",
-    "I4": "{n} reservation(s) took stock after their order was cancelled",
-    "I5": "{n} order(s) had stock sold unpaid, or released while paid",
-    "Q1": "{n} internal message(s) were never delivered",
-}
-
 
 class GateError(Exception):
     """The harness could not evaluate the run (exit 3)."""

@@ -257,34 +257,6 @@ class Records:
 _COMPLETIONS = frozenset({OK, FAIL, INFO})
 
 
-def ops_from_history(lines: Iterable[Mapping[str, Any]], source: str = "history") -> list[Op]:
-    """Pair invokes with completions by op_id; unpaired invokes become `info` ops.
-
-    The record-by-record reference of what `load_run` does in bulk (and how it names a bad line).
-    """
-    open_ops: dict[str, tuple[Mapping[str, Any], int]] = {}
-    ops: list[Op] = []
-    for number, rec in enumerate(lines, 1):
-        kind = rec.get("type")
-        op_id = rec.get("op_id")
-        if op_id is None:
-            raise RecordsError(f"{source}:{number}: history record has no op_id")
-        op_id = str(op_id)
-        if kind == "invoke":
-            open_ops[op_id] = (rec, number)
-            continue
-        if kind not in _COMPLETIONS:
-            raise RecordsError(
-                f"{source}:{number}: history type {kind!r} is not one of invoke, ok, fail, info"
-            )
-        pending = open_ops.pop(op_id, None)
-        invoke = pending[0] if pending is not None else rec
-        ops.append(_op(invoke, rec, kind, source, number))
-    for invoke, number in open_ops.values():
-        ops.append(_op(invoke, None, INFO, source, number))
-    return ops
-
-
 def _op(
     invoke: Mapping[str, Any], done: Mapping[str, Any] | None, outcome: str, source: str, n: int
 ) -> Op:
@@ -565,7 +537,11 @@ def _parse_lines(path: Path, lines: list[str], first: int) -> tuple[list[Any], l
 
 
 def _load_history(path: Path, intern: _Interner) -> list[Op]:
-    """Pair invokes with completions by op_id (as `ops_from_history`), building ops per chunk."""
+    """The one history reader: pair invokes with completions by op_id, building ops per chunk.
+
+    A completion without its invoke stands alone; an invoke never completed is an `info` op,
+    after the others.  Blank lines and a torn last line are skipped (`_chunks`).
+    """
     open_ops: dict[str, tuple[dict[str, Any], int]] = {}
     ops: list[Op] = []
     pop = open_ops.pop
@@ -602,7 +578,8 @@ def _ops(
     numbers: list[int],
     intern: _Interner,
 ) -> list[Op]:
-    """`_op` over whole columns: the same values, without a Python call per field."""
+    """`_op` over whole columns: the same values, without a Python call per field; on a bad
+    record `_op` is run record by record to name its line."""
     if not invokes:
         return []
     try:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -30,7 +32,7 @@ from slos.synthetic import T0, clean_run, write_run
 
 
 def run(records: Records, cls: str) -> checkers.CheckResult:
-    return CHECKERS[cls][1](Facts(records))
+    return CHECKERS[cls](Facts(records))
 
 
 def found(records: Records, cls: str) -> list[str | None]:
@@ -328,10 +330,10 @@ def test_payment_lag_and_confirmation_stats() -> None:
 
 
 def test_a_checker_that_raises_is_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(_: Facts) -> checkers.CheckResult:
+    def broken(_: Facts) -> checkers.Found:
         raise RuntimeError("boom")
 
-    monkeypatch.setitem(CHECKERS, "P2", ("false success", broken))
+    monkeypatch.setitem(CHECKERS, "P2", replace(CHECKERS["P2"], find=broken))
     result = audit(clean_run(3))
     assert result.checks["P2"].verdict == "unknown"
     assert "boom" in (result.checks["P2"].error or "")
@@ -339,10 +341,10 @@ def test_a_checker_that_raises_is_unknown(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_invalid_beats_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(_: Facts) -> checkers.CheckResult:
+    def broken(_: Facts) -> checkers.Found:
         raise KeyError("x")
 
-    monkeypatch.setitem(CHECKERS, "P2", ("false success", broken))
+    monkeypatch.setitem(CHECKERS, "P2", replace(CHECKERS["P2"], find=broken))
     records = clean_run(3)
     lost_payment(records)
     assert audit(records).verdict == "invalid"
@@ -600,3 +602,145 @@ def test_a_late_pay_op_counts_as_a_pay_attempt() -> None:
     records = clean_run(5)
     op_of(records, "pay", "o-1").f = "late_pay"
     assert run(records, "P4").count == 0
+
+
+# --- the registry: every documented class declared once, each exercised with and without ----
+
+# CHECKS.md's anomaly table (id → verdict); the design doc itself is not in the repository.
+CHECKS_MD = {
+    "P1": "invalid", "P2": "invalid", "P3": "invalid", "P4": "invalid", "P5": "info",
+    "P6": "invalid", "P7": "invalid", "P8": "invalid", "P9": "invalid", "P9'": "info",
+    "P10": "invalid", "P11": "info", "P11'": "info", "P12": "invalid",
+    "O1": "invalid", "O2": "invalid", "O3": "invalid",
+    "I1": "invalid", "I2": "invalid", "I3": "invalid", "I4": "invalid", "I5": "invalid",
+    "Q1": "invalid",
+}
+CONTRACTS_MD = Path(__file__).resolve().parents[2] / "docs" / "contracts.md"
+
+
+def _documented_classes(text: str) -> list[tuple[str, str]]:
+    """(id, verdict) of each row of an anomaly table: `| id | name | definition | verdict |`."""
+    rows = re.findall(r"^\| ((?:P|O|I|Q)\d+'?) \| [^|]+ \| [^|]+ \| ([^|]+) \|", text, re.M)
+    return [(cls, "info" if verdict.strip().startswith("info") else "invalid")
+            for cls, verdict in rows]
+
+
+def test_registry_holds_every_documented_class_once_with_its_verdict() -> None:
+    beyond = _documented_classes(CONTRACTS_MD.read_text())
+    assert [cls for cls, _ in beyond] == ["P13", "P14"]
+    documented = list(CHECKS_MD.items()) + beyond
+    assert len({cls for cls, _ in documented}) == len(documented)  # no class in both docs
+    assert {cls: c.verdict for cls, c in CHECKERS.items()} == dict(documented)
+    assert {cls for cls, verdict in documented if verdict == "info"} == set(INFO_CLASSES)
+    assert all(cls == c.cls for cls, c in CHECKERS.items())
+
+
+def test_a_class_declared_twice_is_refused() -> None:
+    before = dict(CHECKERS)
+    with pytest.raises(ValueError, match=r"anomaly class P1 is declared twice"):
+        checkers.checker("P1", "lost again")(checkers.lost_acknowledged_payment.find)
+    with pytest.raises(ValueError, match=r"verdict 'maybe'"):
+        checkers.checker("Z9", "undecided", verdict="maybe")
+    assert dict(CHECKERS) == before
+
+
+def test_gate_plain_words_and_slo_classes_come_from_the_registry() -> None:
+    from slos import gate, model
+
+    assert gate.PLAIN is checkers.PLAIN
+    assert set(checkers.PLAIN) <= set(CHECKERS) - INFO_CLASSES
+    assert model._classes() == ", ".join(CHECKERS)
+
+
+def recovered(r: Records) -> str:
+    op_of(r, "pay", "o-1").outcome = "info"  # the shopper never heard back; the order is paid
+    return "o-1"
+
+
+def notified_twice(r: Records) -> str:
+    first = next(n for n in r.notifications if n.merchant_order_id == "o-2")
+    r.notifications.append(Notification(first.notify_id, first.payment_id, "o-2", first.txn_id,
+                                        2, first.t + 1, True, 200, False, False, None))
+    return "o-2"
+
+
+def uncharged_run() -> Records:
+    records = clean_run(5)
+    records.ledger = []
+    return records
+
+
+def one_payment_lag(r: Records) -> None:
+    r.ledger.append(charge(clean_run(5), "o-1"))  # P11 reports samples, not orders
+    return None
+
+
+def never_saw_paid(r: Records) -> str:
+    r.ops.remove(op_of(r, "poll", "o-1"))
+    return "o-1"
+
+
+def late_payment_refunded(r: Records) -> str:
+    _pay_after_close(r, "o-2", refunded=True)
+    return "o-2"
+
+
+# (class, plant, the records it plants in); an invalid class's plants are PLANTS above.
+INFO_PLANTS: list[tuple[str, Callable[[Records], str | None], Callable[[], Records]]] = [
+    ("P5", recovered, lambda: clean_run(5)), ("P9'", notified_twice, lambda: clean_run(5)),
+    ("P11", one_payment_lag, uncharged_run), ("P11'", never_saw_paid, lambda: clean_run(5)),
+    ("P14", late_payment_refunded, lambda: clean_run(5)),
+]
+EXERCISES = [(cls, plant, lambda: clean_run(5)) for cls, plant in PLANTS] + INFO_PLANTS
+
+
+def test_every_registered_checker_is_exercised() -> None:
+    assert {cls for cls, _, _ in EXERCISES} == set(CHECKERS)
+
+
+@pytest.mark.parametrize(("cls", "plant", "base"), EXERCISES,
+                         ids=[f"{cls}-{plant.__name__}" for cls, plant, _ in EXERCISES])
+def test_each_checker_with_and_without_its_anomaly(
+        cls: str, plant: Callable[[Records], str | None], base: Callable[[], Records]) -> None:
+    records = base()
+    without = run(records, cls)
+    assert (without.count, without.examples) == (0, [])
+    assert without.verdict == ("info" if cls in INFO_CLASSES else "valid")
+    culprit = plant(records)
+    found_it = run(records, cls)
+    assert (found_it.cls, found_it.name, found_it.verdict) == (
+        cls, CHECKERS[cls].name, CHECKERS[cls].verdict)
+    assert found_it.count == 1
+    assert found(records, cls) == ([] if culprit is None else [culprit])
+
+
+def _general_shapes(r: Records) -> None:
+    """Records that leave every shortcut of the facts for its general path and change no fact:
+    a zero refund (no single-charge ledger), a failed and a second, later ok pay, a second PAID
+    poll, a rejected unknown notification and a notification without txn, all for o-4."""
+    e = charge(r, "o-4")
+    r.ledger.append(LedgerEntry(97, e.txn_id, e.payment_id, "o-4", "refund", 0, "succeeded",
+                                e.t + 1, "rf-zero"))
+    pay, poll = op_of(r, "pay", "o-4"), op_of(r, "poll", "o-4")
+    assert pay.end is not None and poll.end is not None
+    r.ops.append(replace(pay, op_id="pay-failed", start=pay.start - 2, end=pay.start - 1,
+                         outcome="fail"))
+    r.ops.append(replace(pay, op_id="pay-again", start=pay.end + 1, end=pay.end + 2))
+    r.ops.append(replace(poll, op_id="poll-again", start=poll.end + 3, end=poll.end + 4))
+    r.inbox.append(InboxEntry("x-4", "n-unknown", "o-4", T0 + 8, "rejected"))
+    next(n for n in r.notifications if n.merchant_order_id == "o-4").txn_id = None
+
+
+@pytest.mark.parametrize("plant", [None, lost_payment, false_success, failed_but_charged,
+                                   unexpected_payment, duplicate_charge, amount_mismatch,
+                                   forged_accepted, forged_txn, sold_unpaid])
+def test_general_paths_agree_with_the_shortcuts(plant: Callable[[Records], str] | None) -> None:
+    shortcut, general = clean_run(5), clean_run(5)
+    if plant is not None:
+        plant(shortcut)
+        plant(general)
+    _general_shapes(general)
+    facts = Facts(general)
+    assert facts.single_charges is None and facts.outcomes("pay").not_ok
+    assert len(facts.outcomes("pay").ok_ids) > len(facts.outcomes("pay").ok)
+    assert audit(general).to_dict()["checks"] == audit(shortcut).to_dict()["checks"]
