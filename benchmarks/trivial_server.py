@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Any, cast
 
 import httpx
@@ -19,6 +18,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+
+from rundir import Closing
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 30.0
@@ -40,7 +41,7 @@ def serve(port: int) -> None:
     serve_service(cast(Any, app()), Settings(service="trivial", port=port))
 
 
-class TrivialServer:
+class TrivialServer(Closing):
     """The trivial server as a child process; `pid` for its CPU time, `url` to call it."""
 
     def __init__(self, port: int, log_path: Path) -> None:
@@ -80,15 +81,7 @@ class TrivialServer:
                 self._popen.wait()
         self._log.close()
 
-    def __enter__(self) -> TrivialServer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def close(self) -> None:
         self.stop()
 
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from threading import Thread
-from types import TracebackType
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
+from rundir import Closing
 
-class HarnessMetrics:
+
+class HarnessMetrics(Closing):
     """Owns a private registry (never the global one) and the HTTP server exposing it."""
 
     def __init__(self) -> None:
@@ -62,14 +63,3 @@ class HarnessMetrics:
             self._server = None
             self._thread = None
             self.url = None
-
-    def __enter__(self) -> HarnessMetrics:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

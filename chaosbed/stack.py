@@ -16,7 +16,6 @@ import sys
 import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import httpx
@@ -103,7 +102,7 @@ def _stop_live_stacks() -> None:
         stack.stop()
 
 
-class Stack:
+class Stack(rundir.Closing):
     """A running stack.  Use as a context manager: `with Stack.start(run_dir) as stack:`."""
 
     def __init__(self, info: dict[str, Any], *, owned: bool) -> None:
@@ -357,15 +356,7 @@ class Stack:
             return None
         return int(pid) if pid else None
 
-    def __enter__(self) -> Stack:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def close(self) -> None:
         self.stop()
 
     @classmethod

@@ -12,8 +12,7 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
-from typing import Any, TextIO
+from typing import Any, Self, TextIO
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 # a run directory holds stack.json (admin token, notify secret): only its owner may enter
@@ -21,6 +20,19 @@ RUN_DIR_MODE = 0o700
 # files holding the stack's secrets, 0600 whoever writes them (the supervisor, the run)
 SECRET_FILES = frozenset({"stack.json"})
 SECRET_FILE_MODE = 0o600
+
+
+class Closing:
+    """`with thing:` closes the thing on the way out, whatever ended the block."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        raise NotImplementedError
 
 
 class RunDirError(ValueError):
@@ -112,7 +124,7 @@ def iter_ndjson(path: Path | str) -> Iterator[dict[str, Any]]:
             raise RunDirError(f"{target}:{number}: not valid JSON: {exc}") from None
 
 
-class NdjsonWriter:
+class NdjsonWriter(Closing):
     """Append records one line at a time, flushed, safe to share between threads."""
 
     def __init__(self, path: Path | str) -> None:
@@ -129,14 +141,3 @@ class NdjsonWriter:
     def close(self) -> None:
         with self._lock:
             self._out.close()
-
-    def __enter__(self) -> NdjsonWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
