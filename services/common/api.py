@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.common.limits import QUOTE_CHARS
+from services.common.limits import QUOTE_CHARS, send_json
 from services.common.settings import Settings
 
 
@@ -134,7 +134,7 @@ class BodyLimit:
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await _send_json(send, 413, self._too_large())
+            await send_json(send, 413, self._too_large())
             return
         seen = 0
 
@@ -160,7 +160,7 @@ class BodyLimit:
             # read outside a route (no exception handler): answer here unless one started
             if started:
                 raise
-            await _send_json(send, 413, self._too_large())
+            await send_json(send, 413, self._too_large())
 
     def _too_large(self) -> dict[str, Any]:
         return {"error": "body_too_large", "detail": BodyTooLarge(self.limit).detail}
@@ -171,21 +171,6 @@ class BodyTooLarge(StarletteHTTPException):
 
     def __init__(self, limit: int) -> None:
         super().__init__(413, f"request body over {limit} bytes")
-
-
-async def _send_json(send: Send, status: int, body: Mapping[str, Any]) -> None:
-    payload = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": payload})
 
 
 def install_errors(app: FastAPI) -> None:

@@ -9,6 +9,7 @@ parses or quotes it: 431 for the header fields together, 414 for the request tar
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -57,7 +58,7 @@ class HeaderLimit:
         await self.app(scope, receive, send)
 
 
-async def send_json(send: Send, status: int, body: dict[str, Any]) -> None:
+async def send_json(send: Send, status: int, body: Mapping[str, Any]) -> None:
     """Answer with a small JSON body."""
     payload = json.dumps(body).encode()
     await send(
