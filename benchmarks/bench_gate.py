@@ -58,14 +58,23 @@ class GateRun:
         return all(self.caught(EXPECTED_CLASSES[bug]) for bug in self.bugs)
 
 
-def run_gate(bugs: Sequence[str], runs_dir: Path, *, timeout_s: float = RUN_TIMEOUT_S) -> GateRun:
-    """`chaosbed run gate-selftest --slo slos/smoke.yaml [--bugs ...]` as a subprocess."""
+def run_gate(
+    bugs: Sequence[str],
+    runs_dir: Path,
+    *,
+    timeout_s: float = RUN_TIMEOUT_S,
+    target: str | None = None,
+) -> GateRun:
+    """`chaosbed run gate-selftest --slo slos/smoke.yaml [--bugs ...] [--target ...]` as a
+    subprocess."""
     runs_dir.mkdir(parents=True, exist_ok=True)
     before = set(runs_dir.iterdir())
     command = [sys.executable, "-m", "chaosbed", "run", SCENARIO, "--slo", str(SLO),
                "--runs-dir", str(runs_dir)]
     if bugs:
         command += ["--bugs", ",".join(bugs)]
+    if target:
+        command += ["--target", target]
     started = time.monotonic()
     done = subprocess.run(
         command, cwd=REPO, capture_output=True, text=True, timeout=timeout_s, check=False
