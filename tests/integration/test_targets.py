@@ -71,11 +71,14 @@ def test_a_started_target_is_ours_behind_toxiproxy_and_survives_a_kill(stack: St
     placed = shop.place_order(key="k-target-1", sku="sku-1", qty=1, amount=1200)
     assert placed.type == "ok" and placed.order is not None and placed.order.payment_id
     order = placed.order
-    paid = httpx.post(f"{stack.proxy_url('client_channel')}/payments/{order.payment_id}/pay",
-                      json={}, timeout=5)
+    paid = httpx.post(
+        f"{stack.proxy_url('client_channel')}/payments/{order.payment_id}/pay", json={}, timeout=5
+    )
     assert paid.status_code == 200, paid.text
-    seen = _until(lambda: shop.read_order(order.order_id),
-                  lambda r: r.order is not None and r.order.status == "PAID")
+    seen = _until(
+        lambda: shop.read_order(order.order_id),
+        lambda r: r.order is not None and r.order.status == "PAID",
+    )
     assert seen.order is not None and seen.order.status == "PAID", seen
 
     stack.kill("order")
@@ -115,8 +118,10 @@ def test_a_target_that_never_gets_healthy_is_a_stack_error_naming_it(tmp_path: P
     target_file = tmp_path / "dead.yaml"
     target_file.write_text(
         WRAPPED.replace("name: wrapped", "name: dead")
-        .replace('"echo starting {{target}}; {python} -m services.order; echo gone"',
-                 '"echo no server here; sleep 60"')
+        .replace(
+            '"echo starting {{target}}; {python} -m services.order; echo gone"',
+            '"echo no server here; sleep 60"',
+        )
         .replace("startup_timeout: 30s", "startup_timeout: 2s")
     )
     with pytest.raises(StackError, match="target dead") as caught:
