@@ -138,6 +138,7 @@ class RunPipeline:
         self.console = Console(stderr=True)
         self.progress = RunProgress(f"chaosbed run {scenario.name}", console=self.console)
         self._t0: float | None = None
+        self._cleaned = False
 
     # --- the run -------------------------------------------------------------------
 
@@ -179,6 +180,7 @@ class RunPipeline:
                         # inside the live panel, so its last state shows the faults healed
                         with _signals_ignored():
                             self._cleanup()
+                            self.progress.update(active=self._active())
                             self.progress.phase("stopped")
                         raise
                 code = self._finish()
@@ -422,7 +424,10 @@ class RunPipeline:
     # --- cleanup -------------------------------------------------------------------
 
     def _cleanup(self) -> None:
-        """Heal, stop Locust, stop the stack (unless attached).  Safe to call twice."""
+        """Stop Locust, heal, stop the stack (unless attached).  Safe to call twice."""
+        if self._cleaned:
+            return
+        self._cleaned = True
         steps: list[tuple[str, Callable[[], None]]] = [
             ("stop Locust", self._stop_locust),  # first: no load on a stack being healed
             ("heal faults", self._heal_quietly),

@@ -82,7 +82,8 @@ def headline(verdict: str, problems: list[str], result: AuditResult | None) -> s
     if verdict == UNKNOWN:
         return ("Cannot tell whether the release is safe: there was not enough evidence ("
                 + "; ".join(problems[:2]) + ").")
-    return "The gate could not evaluate this run: " + "; ".join(problems)
+    return "No verdict on the release: the harness failed or could not evaluate the run: " + (
+        "; ".join(problems))
 
 
 # --- the gate ----------------------------------------------------------------
