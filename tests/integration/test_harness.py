@@ -321,3 +321,56 @@ def test_ctrl_c_completes_every_open_operation(
     assert [(r["event"], r["ok"]) for r in records] == [("apply", True), ("heal", True)]
     assert rundir.read_json(run_dir / "run.json")["status"] == "interrupted"
     assert _processes_mentioning(str(run_dir)) == []
+
+
+def test_a_locust_worker_killed_mid_load_is_a_harness_error(
+    tmp_path: Path, started: list[subprocess.Popen[str]]
+) -> None:
+    runs = tmp_path / "runs"
+    proc = _chaosbed("run", str(_scenario(tmp_path, LONG)), "--runs-dir", str(runs),
+                     "--workers", "2")
+    started.append(proc)
+    run_dir = _load_running(runs, proc)
+    time.sleep(3)
+    locust = _processes_mentioning(str(run_dir / "locust"))  # forked workers share the argv
+    master = [pid for pid in locust if _parent(pid) not in locust]
+    workers = [pid for pid in locust if _parent(pid) in master]
+    assert len(master) == 1 and len(workers) == 2, (master, workers)
+    os.kill(workers[0], signal.SIGKILL)
+    killed_at = time.monotonic()
+    out = _output(proc)
+    assert proc.returncode == 3, out
+    assert time.monotonic() - killed_at < 15
+    _assert_harness_error(run_dir, f"Locust worker (pid {workers[0]})")
+    assert _processes_mentioning(str(run_dir)) == []
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+def test_an_attached_stack_dying_mid_load_is_a_harness_error_and_is_not_restarted(
+    tmp_path: Path, start_stack: Any, started: list[subprocess.Popen[str]]
+) -> None:
+    stack: Stack = start_stack("owner")
+    runs = tmp_path / "runs"
+    proc = _chaosbed("run", str(_scenario(tmp_path, LONG)), "--runs-dir", str(runs),
+                     "--attach", str(stack.run_dir / "stack.json"))
+    started.append(proc)
+    run_dir = _load_running(runs, proc)
+    time.sleep(3)
+    stack.kill("channel")  # the owner's process, outside the run's timeline
+    killed_at = time.monotonic()
+    out = _output(proc)
+    assert proc.returncode == 3, out
+    assert time.monotonic() - killed_at < 15
+    _assert_harness_error(run_dir, "service channel")
+    # the run started nothing of the stack it does not own, and left the rest of it running
+    channel = stack.info["services"]["channel"]
+    assert _processes_with_env(f"CHAOSBED_DB={channel['db']}") == []
+    assert process.alive(stack.pid("order")) and process.alive(stack.pid("inventory"))
+    problems = stack.health_problems()
+    assert len(problems) == 1 and problems[0].startswith("service channel"), problems
