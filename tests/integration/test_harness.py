@@ -312,7 +312,9 @@ def test_ctrl_c_completes_every_open_operation(
     assert history and check_pairing(history) == []
     interrupted = [r for r in history if r["type"] == "info"
                    and str(r.get("error", "")).startswith("interrupted")]
-    assert interrupted, "no operation was open at the interrupt: the test proves nothing"
+    # with 4 users behind a 150 ms toxic some are always mid-operation: none recorded means
+    # the history lost them (Locust closing it before stopping its users)
+    assert interrupted, "no operation completed as interrupted"
     stderr = out.split("--- stderr ---", 1)[1]
     assert "interrupted: faults healed" in stderr
     status_lines = [line for line in stderr.splitlines() if "active faults" in line]
