@@ -68,14 +68,39 @@ def say(message: str) -> None:
 # --- signals ---------------------------------------------------------------------------
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
+class _Interrupt:
+    """Raise KeyboardInterrupt on SIGINT/SIGTERM, but never halfway through applying or
+    healing a fault (`with INTERRUPT.deferred():`): then it is raised once that is done."""
+
+    def __init__(self) -> None:
+        self._depth = 0
+        self._pending = False
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if self._depth:
+            self._pending = True
+            return
+        raise KeyboardInterrupt
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+        if not self._depth and self._pending:
+            self._pending = False
+            raise KeyboardInterrupt
+
+
+INTERRUPT = _Interrupt()
 
 
 @contextmanager
 def _signals_interrupt() -> Iterator[None]:
     """SIGINT and SIGTERM both end the run the Ctrl-C way."""
-    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, INTERRUPT) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
@@ -336,7 +361,8 @@ class RunPipeline:
         progress_file = self.run_dir / "load_progress.json"
         while True:
             now = time.monotonic()
-            self.scheduler.tick(now)
+            with INTERRUPT.deferred():  # an apply or heal is finished and recorded
+                self.scheduler.tick(now)
             self.progress.update(load=read_load_progress(progress_file), active=self._active())
             if not locust.running():
                 break

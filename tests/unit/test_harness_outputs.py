@@ -252,3 +252,18 @@ def test_health_watch_needs_a_failure_that_lasts(tmp_path: Path) -> None:
         assert problem is not None and "stopped answering" in problem and "Connect" in problem
     finally:
         watch.close()
+
+
+def test_an_interrupt_waits_until_the_fault_step_is_done() -> None:
+    from chaosbed.run import _Interrupt
+
+    interrupt = _Interrupt()
+    done = []
+    with pytest.raises(KeyboardInterrupt), interrupt.deferred():
+        interrupt(2, None)  # SIGINT while a fault is being applied: not yet
+        done.append("applied and recorded")
+    assert done == ["applied and recorded"]
+    with pytest.raises(KeyboardInterrupt):
+        interrupt(2, None)  # between steps: at once
+    with interrupt.deferred():
+        pass  # nothing pending any more
