@@ -376,3 +376,24 @@ def test_an_attached_stack_dying_mid_load_is_a_harness_error_and_is_not_restarte
     assert process.alive(stack.pid("order")) and process.alive(stack.pid("inventory"))
     problems = stack.health_problems()
     assert len(problems) == 1 and problems[0].startswith("service channel"), problems
+
+
+def test_chaosbed_bugs_in_the_environment_of_up(
+    tmp_path: Path, started: list[subprocess.Popen[str]]
+) -> None:
+    runs = tmp_path / "runs"
+    proc = _chaosbed("up", "--runs-dir", str(runs), env={"CHAOSBED_BUGS": "no-active-query"})
+    started.append(proc)
+    deadline = time.monotonic() + 60
+    while not any(p.name == "stack.json" for p in runs.glob("*/stack.json")):
+        assert proc.poll() is None and time.monotonic() < deadline, _output(proc, 5)
+        time.sleep(0.1)
+    (stack_json,) = runs.glob("*/stack.json")
+    while "services" not in (info := rundir.read_json(stack_json)) or not all(
+        svc["pid"] for svc in info["services"].values()
+    ):
+        time.sleep(0.1)
+    assert info["bugs"] == ["no-active-query"]
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 0
+    assert all(_gone(pid) for pid in _stack_pids(info))
