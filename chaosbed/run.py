@@ -258,7 +258,8 @@ class RunPipeline:
         self._heal_all()
         self._settle()
         self._collect_exports()
-        self._cleanup()
+        with _signals_ignored():
+            self._cleanup()
 
     # --- phases --------------------------------------------------------------------
 
@@ -453,7 +454,6 @@ class RunPipeline:
         """Stop Locust, heal, stop the stack (unless attached).  Safe to call twice."""
         if self._cleaned:
             return
-        self._cleaned = True
         steps: list[tuple[str, Callable[[], None]]] = [
             ("stop Locust", self._stop_locust),  # first: no load on a stack being healed
             ("heal faults", self._heal_quietly),
@@ -465,6 +465,7 @@ class RunPipeline:
                 action()
             except Exception as exc:  # cleanup goes on: nothing may be left behind
                 say(f"cleanup: {what} failed: {type(exc).__name__}: {exc}")
+        self._cleaned = True
 
     def _heal_quietly(self) -> None:
         if self.scheduler is not None:
