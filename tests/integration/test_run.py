@@ -124,8 +124,9 @@ def _watch(run_dir: Path, proc: subprocess.Popen[str], watch: Watch) -> None:
             try:
                 names = {t["name"] for t in toxiproxy.toxics("order_channel")}
                 names |= {t["name"] for t in toxiproxy.toxics("client_channel")}
-            except ToxiproxyError:
-                break  # the stack is being stopped
+            except ToxiproxyError:  # slow under load, or the stack is being stopped
+                time.sleep(0.1)
+                continue
             watch.toxics.append((before, time.time(), "links", names))
             try:
                 pid = rundir.read_json(run_dir / "stack.json")["services"]["order"]["pid"]
