@@ -397,3 +397,24 @@ def test_chaosbed_bugs_in_the_environment_of_up(
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 0
     assert all(_gone(pid) for pid in _stack_pids(info))
+
+
+@pytest.mark.observe
+def test_prometheus_killed_while_observing_is_a_harness_error(
+    tmp_path: Path, started: list[subprocess.Popen[str]]
+) -> None:
+    runs = tmp_path / "runs"
+    proc = _chaosbed("run", str(_scenario(tmp_path, LONG)), "--runs-dir", str(runs),
+                     "--observe")
+    started.append(proc)
+    run_dir = _load_running(runs, proc, timeout_s=120)
+    time.sleep(2)
+    prometheus = _processes_mentioning(str(run_dir / "prometheus"))
+    assert len(prometheus) == 1, prometheus
+    os.kill(prometheus[0], signal.SIGKILL)
+    killed_at = time.monotonic()
+    out = _output(proc)
+    assert proc.returncode == 3, out
+    assert time.monotonic() - killed_at < 15
+    _assert_harness_error(run_dir, "prometheus")
+    assert _processes_mentioning(str(run_dir)) == []
