@@ -71,7 +71,8 @@ def run_gate(bugs: Sequence[str], runs_dir: Path, *, timeout_s: float = RUN_TIME
         command, cwd=REPO, capture_output=True, text=True, timeout=timeout_s, check=False
     )
     seconds = time.monotonic() - started
-    created = sorted(p for p in set(runs_dir.iterdir()) - before if p.is_dir())
+    created = sorted(p for p in set(runs_dir.iterdir()) - before
+                     if p.is_dir() and not p.is_symlink())  # runs/latest is a link
     run_dir = created[-1] if created else None
     return GateRun(
         bugs=tuple(bugs),
