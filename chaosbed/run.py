@@ -346,11 +346,13 @@ class RunPipeline:
             raise HarnessFailure(f"{exc}: {detail}") from exc
         # Locust writes its first progress as the load starts; `elapsed` covers the delay
         since = max(0.0, float(first.get("elapsed") or 0.0))
-        self._t0 = time.monotonic() - since
+        # wall clock read first: the timeline's apply times can never look early
+        wall, now = time.time(), time.monotonic()
+        self._t0 = now - since
+        self.meta["load_started"] = wall - since
+        self._write_meta()
         for pid in child_pids(locust.pid):  # the workers `--processes` forked
             self.supervisor.add(Watched("Locust worker", self._worker_check(pid)))
-        self.meta["load_started"] = time.time() - since
-        self._write_meta()
 
     def _drive_load(self) -> None:
         assert self.scheduler is not None and self._t0 is not None and self.run_dir is not None
