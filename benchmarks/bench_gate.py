@@ -80,7 +80,8 @@ def run_gate(
         command, cwd=REPO, capture_output=True, text=True, timeout=timeout_s, check=False
     )
     seconds = time.monotonic() - started
-    created = sorted(p for p in set(runs_dir.iterdir()) - before if p.is_dir())
+    created = sorted(p for p in set(runs_dir.iterdir()) - before
+                     if p.is_dir() and not p.is_symlink())  # runs/latest is a link
     run_dir = created[-1] if created else None
     return GateRun(
         bugs=tuple(bugs),

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from chaosbed import commands
 from chaosbed.exits import EXIT_USAGE
 
+BUGS_HELP = "planted bugs to switch on (comma separated; default: $CHAOSBED_BUGS)"
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
@@ -30,12 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="start the local stack (services behind Toxiproxy) until Ctrl-C")
     up.add_argument("--observe", action="store_true", help="also start Prometheus and Jaeger")
     up.add_argument("--runs-dir", default="runs", help="where the run directory is created")
-    up.add_argument("--bugs", default="", help="planted bugs to switch on (comma separated)")
+    up.add_argument("--bugs", help=BUGS_HELP)
     up.add_argument("--target", help="the order service under test: targets/NAME.yaml or a path")
 
-    run = sub.add_parser("run", help="run a chaos scenario and (with --slo) gate on it")
+    run = sub.add_parser("run", help="run a chaos scenario and gate on it")
     run.add_argument("scenario", help="scenario name (faults/scenarios/NAME.yaml) or a path")
-    run.add_argument("--slo", help="SLO file to gate on (exit code reflects the verdict)")
+    run.add_argument(
+        "--slo", help="SLO file to gate on (default slos/smoke.yaml); the exit code is its verdict"
+    )
     run.add_argument(
         "--workers", type=int, default=0, help="Locust worker processes (0 = in the master)"
     )
@@ -43,7 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--attach", help="use a running stack described by this stack.json")
     run.add_argument("--observe", action="store_true", help="also start Prometheus and Jaeger")
     run.add_argument("--runs-dir", default="runs", help="where the run directory is created")
-    run.add_argument("--bugs", default="", help="planted bugs to switch on (comma separated)")
+    run.add_argument("--out", help="the run directory itself (new or empty), instead of "
+                     "RUNS_DIR/<timestamp>-<scenario>")
+    run.add_argument("--json", action="store_true",
+                     help="print the result summary as JSON on stdout (progress on stderr)")
+    run.add_argument("--bugs", help=BUGS_HELP)
     run.add_argument(
         "--target", help="the order service under test: targets/NAME.yaml or a path (bundled)"
     )

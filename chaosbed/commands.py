@@ -7,6 +7,7 @@ matplotlib (the gate's report) or the Grafana SDK.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -27,6 +28,23 @@ def in_repo(path: str | Path) -> Path:
     return inside if inside.exists() else candidate
 
 
+def chosen_bugs(args: argparse.Namespace) -> list[str]:
+    """The planted bugs of `run`/`up`: `--bugs` when given (even empty), else $CHAOSBED_BUGS.
+
+    Raises UnknownBugError naming the source the bad name came from.
+    """
+    from services.common.bugs import UnknownBugError, parse_bugs
+
+    flag = getattr(args, "bugs", None)
+    source, raw = ("--bugs", flag) if flag is not None else (
+        "CHAOSBED_BUGS", os.environ.get("CHAOSBED_BUGS", ""))
+    try:
+        return sorted(parse_bugs(raw))
+    except UnknownBugError as exc:
+        message = str(exc).removeprefix("CHAOSBED_BUGS: ")
+        raise UnknownBugError(f"{source}: {message}") from None
+
+
 # --- chaosbed up ---------------------------------------------------------------------
 
 
@@ -37,13 +55,17 @@ def cmd_up(args: argparse.Namespace) -> int:
     from chaosbed.stack import Stack, StackError, describe
     from faults import process
     from loadtests.config import DEFAULT_LOAD_METRICS_PORT
-    from services.common.bugs import parse_bugs
+    from services.common.bugs import UnknownBugError
 
     try:
-        bugs = sorted(parse_bugs(args.bugs or ""))
+        bugs = chosen_bugs(args)
+    except UnknownBugError as exc:
+        print(f"chaosbed up: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
         target = _target(getattr(args, "target", None))
         run_dir = rundir.create_run_dir(args.runs_dir, "up")
-    except ValueError as exc:
+    except (OSError, ValueError) as exc:
         print(f"chaosbed up: {exc}", file=sys.stderr)
         return EXIT_HARNESS
     stop_requested = threading.Event()
@@ -123,9 +145,10 @@ def _target(name_or_path: str | None) -> Any:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """`chaosbed run`: every input is checked here, before anything starts."""
-    from chaosbed.run import RunPipeline, say
+    from chaosbed.run import DEFAULT_SLO, RunPipeline, say
+    from faults.catalog import Kind
     from faults.scenario import ScenarioError, load_scenario, scenario_path
-    from services.common.bugs import UnknownBugError, parse_bugs
+    from services.common.bugs import UnknownBugError
 
     try:
         scenario = load_scenario(args.scenario)
@@ -136,16 +159,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         say(f"--workers must be >= 0, got {args.workers}")
         return EXIT_USAGE
     try:
-        bugs = sorted(parse_bugs(args.bugs or ""))
+        bugs = chosen_bugs(args)
     except UnknownBugError as exc:
-        say(f"--bugs: {exc}")
+        say(str(exc))
         return EXIT_USAGE
-    slo_path = in_repo(args.slo) if args.slo else None
-    if slo_path is not None:
-        problem = _slo_problem(slo_path)
-        if problem:
-            say(f"bad SLO file: {problem}")
-            return EXIT_HARNESS
+    slo_path = in_repo(args.slo) if args.slo else DEFAULT_SLO
+    problem = _slo_problem(slo_path)
+    if problem:
+        say(f"bad SLO file: {problem}")
+        return EXIT_HARNESS
     baseline = Path(args.baseline) if args.baseline else None
     if baseline is not None and not (baseline / "result.json").is_file():
         say(f"--baseline {baseline}: not a finished run directory (no result.json)")
@@ -162,6 +184,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     if target is not None and attach is not None:
         say("--target and --attach: an attached stack already has its order service")
         return EXIT_USAGE
+    if attach is not None:
+        # an attached stack is not ours: we may not kill, restart or pause its processes
+        steps = [f"step {i} ({step.label()})" for i, step in enumerate(scenario.timeline)
+                 if step.type.kind is Kind.PROCESS]
+        if steps:
+            say(f"--attach: the scenario kills, restarts or pauses services of a stack this "
+                f"run does not own: {', '.join(steps)}; run it without --attach")
+            return EXIT_USAGE
+    out = Path(args.out) if getattr(args, "out", None) else None
+    if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        say(f"--out {out}: already exists and is not an empty directory")
+        return EXIT_USAGE
 
     pipeline = RunPipeline(
         scenario,
@@ -174,6 +208,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         attach=attach,
         observe=bool(args.observe),
         target=target,
+        out=out,
+        json_summary=bool(getattr(args, "json", False)),
     )
     return pipeline.execute()
 

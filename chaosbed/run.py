@@ -5,11 +5,17 @@ the load, Ctrl-C/SIGTERM, Locust dying, a harness error), every fault is healed 
 process this run started is stopped before `RunPipeline.execute` returns (the command
 line's checks of its arguments are chaosbed/commands.py:cmd_run).
 
-Exit codes: the gate's 0/1/2 with --slo (0 without); 3 harness failure; 64 usage; 130 Ctrl-C.
+A supervisor (chaosbed/supervisor.py) watches every process the run relies on; one that
+dies outside the fault timeline stops the load, and the run ends as a harness error (exit 3,
+result.json `verdict: error`, a JUnit `<error>`, run.json `status: failed`).
+
+Exit codes: the gate's 0/1/2 (with --slo, else with DEFAULT_SLO); 3 harness failure;
+64 usage; 130 Ctrl-C.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -29,7 +35,9 @@ from chaosbed.exits import EXIT_HARNESS, EXIT_INTERRUPTED
 from chaosbed.harness_metrics import HarnessMetrics
 from chaosbed.progress import RunProgress, read_load_progress
 from chaosbed.stack import Stack
+from chaosbed.supervisor import Supervisor, Watched, child_pids, pid_problem
 from faults import process
+from faults.catalog import Kind
 from faults.drivers import StackDriver
 from faults.scenario import Scenario
 from faults.scheduler import Outcome, Scheduler
@@ -38,10 +46,15 @@ from loadtests.target import Target, load_target
 
 SERVICES = ("order", "channel", "inventory")
 
+# the gate of a run without --slo (README, docs/checks.md)
+DEFAULT_SLO = proc.PROJECT_ROOT / "slos" / "smoke.yaml"
+
 LOAD_START_TIMEOUT_S = 60.0  # Locust boot until its first load_progress.json
 LOAD_OVERRUN_S = 60.0  # Locust still running this long after the load duration: stuck
 EARLY_EXIT_SLACK_S = 5.0  # Locust ending sooner than this before the duration: it died
 LOCUST_STOP_GRACE_S = 10.0
+# Locust's workers leave first when the load ends: only a death before this counts
+WORKER_END_SLACK_S = 5.0
 TICK_S = 0.2
 
 
@@ -56,14 +69,39 @@ def say(message: str) -> None:
 # --- signals ---------------------------------------------------------------------------
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
+class _Interrupt:
+    """Raise KeyboardInterrupt on SIGINT/SIGTERM, but never halfway through applying or
+    healing a fault (`with INTERRUPT.deferred():`): then it is raised once that is done."""
+
+    def __init__(self) -> None:
+        self._depth = 0
+        self._pending = False
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if self._depth:
+            self._pending = True
+            return
+        raise KeyboardInterrupt
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+        if not self._depth and self._pending:
+            self._pending = False
+            raise KeyboardInterrupt
+
+
+INTERRUPT = _Interrupt()
 
 
 @contextmanager
 def _signals_interrupt() -> Iterator[None]:
     """SIGINT and SIGTERM both end the run the Ctrl-C way."""
-    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, INTERRUPT) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
@@ -101,6 +139,8 @@ class RunPipeline:
         attach: Path | None,
         observe: bool,
         target: Target | None = None,
+        out: Path | None = None,
+        json_summary: bool = False,
     ) -> None:
         self.scenario = scenario
         self.scenario_text = scenario_text
@@ -112,6 +152,9 @@ class RunPipeline:
         self.attach = attach
         self.observe = observe
         self.target = target  # None: the bundled order service
+        self.out = out
+        self.json_summary = json_summary
+        self.supervisor = Supervisor()
         self.run_dir: Path | None = None
         self.meta: dict[str, Any] = {}
         self.stack: Stack | None = None
@@ -123,13 +166,18 @@ class RunPipeline:
         self.console = Console(stderr=True)
         self.progress = RunProgress(f"chaosbed run {scenario.name}", console=self.console)
         self._t0: float | None = None
+        self._cleaned = False
 
     # --- the run -------------------------------------------------------------------
 
     def execute(self) -> int:
         try:
-            self.run_dir = rundir.create_run_dir(self.runs_dir, self.scenario.name)
+            if self.out is not None:
+                self.run_dir = rundir.create_named_run_dir(self.out)
+            else:
+                self.run_dir = rundir.create_run_dir(self.runs_dir, self.scenario.name)
             (self.run_dir / "scenario.yaml").write_text(self.scenario_text)
+            rundir.point_latest(self.runs_dir, self.run_dir)
         except (OSError, rundir.RunDirError) as exc:
             say(f"harness failure: cannot create the run directory: {exc}")
             return EXIT_HARNESS
@@ -139,6 +187,7 @@ class RunPipeline:
             "load_started": None,
             "load_ended": None,
             "settle_ended": None,
+            "ended": None,
             "bugs": self.bugs,
             "slo": str(self.slo_path) if self.slo_path else None,
             "workers": self.workers,
@@ -154,14 +203,22 @@ class RunPipeline:
         try:
             with _signals_interrupt():
                 with self.progress:
-                    self._run()
+                    try:
+                        self._run()
+                    except BaseException:
+                        # inside the live panel, so its last state shows the faults healed
+                        with _signals_ignored():
+                            self._cleanup()
+                            self.progress.update(active=self._active())
+                            self.progress.phase("stopped")
+                        raise
                 code = self._finish()
         except KeyboardInterrupt:
             with _signals_ignored():
                 self._cleanup()
-            self.meta["status"] = "interrupted"
-            self._write_meta()
-            say(f"interrupted: faults healed, processes stopped; partial run in {self.run_dir}")
+            self._end("interrupted")
+            healed = "faults healed" if not self._active() else "SOME FAULTS NOT HEALED"
+            say(f"interrupted: {healed}, processes stopped; partial run in {self.run_dir}")
             return EXIT_INTERRUPTED
         except Exception as exc:
             with _signals_ignored():
@@ -169,12 +226,33 @@ class RunPipeline:
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             if not isinstance(exc, HarnessFailure):
                 message = f"{type(exc).__name__}: {message}"
-            self.meta["status"] = "failed"
-            self.meta["error"] = message
-            self._write_meta()
-            say(f"harness failure: {message} (details in {self.run_dir})")
-            return EXIT_HARNESS
+            return self._harness_error(message)
         return code
+
+    def _end(self, status: str, error: str | None = None) -> None:
+        self.meta["status"] = status
+        self.meta["ended"] = time.time()
+        if error is not None:
+            self.meta["error"] = error
+        self._write_meta()
+
+    def _harness_error(self, message: str) -> int:
+        """The harness failed: run.json `failed`, result.json `error`, JUnit `<error>`, one
+        plain line on stderr; never a FAIL verdict."""
+        assert self.run_dir is not None
+        self._end("failed", message)
+        try:
+            from slos.gate import harness_error
+
+            self._print_summary(harness_error(self.run_dir, message).summary())
+        except Exception as exc:  # the line below still says what went wrong
+            say(f"could not write result.json: {type(exc).__name__}: {exc}")
+        say(f"harness failure: {message} (details in {self.run_dir})")
+        return EXIT_HARNESS
+
+    def _print_summary(self, summary: dict[str, Any]) -> None:
+        if self.json_summary:
+            print(json.dumps(summary, indent=2, default=str), flush=True)
 
     def _run(self) -> None:
         assert self.run_dir is not None
@@ -184,7 +262,8 @@ class RunPipeline:
         self._heal_all()
         self._settle()
         self._collect_exports()
-        self._cleanup()
+        with _signals_ignored():
+            self._cleanup()
 
     # --- phases --------------------------------------------------------------------
 
@@ -196,6 +275,10 @@ class RunPipeline:
             recorded = self.stack.info.get("target")
             if self.target is None and isinstance(recorded, dict) and recorded.get("file"):
                 self.target = load_target(recorded["file"])  # the attached stack's target
+            dead = self.stack.health_problems()
+            if dead:
+                raise HarnessFailure(
+                    f"attached stack {self.attach} is not alive: {'; '.join(dead)}")
             if self.scenario.services:
                 say("attached stack keeps its own service timings; scenario `services` ignored")
         else:
@@ -213,6 +296,7 @@ class RunPipeline:
                 target=self.target,
             )
         stack = self.stack
+        self.supervisor.add(*stack.watched())
         self.metrics.declare(self.scenario.fault_targets())
         url = self.metrics.serve()
         stack.info["harness_metrics"] = url
@@ -270,9 +354,13 @@ class RunPipeline:
             raise HarnessFailure(f"{exc}: {detail}") from exc
         # Locust writes its first progress as the load starts; `elapsed` covers the delay
         since = max(0.0, float(first.get("elapsed") or 0.0))
-        self._t0 = time.monotonic() - since
-        self.meta["load_started"] = time.time() - since
+        # wall clock read first: the timeline's apply times can never look early
+        wall, now = time.time(), time.monotonic()
+        self._t0 = now - since
+        self.meta["load_started"] = wall - since
         self._write_meta()
+        for pid in child_pids(locust.pid):  # the workers `--processes` forked
+            self.supervisor.add(Watched("Locust worker", self._worker_check(pid)))
 
     def _drive_load(self) -> None:
         assert self.scheduler is not None and self._t0 is not None and self.run_dir is not None
@@ -284,10 +372,12 @@ class RunPipeline:
         progress_file = self.run_dir / "load_progress.json"
         while True:
             now = time.monotonic()
-            self.scheduler.tick(now)
+            with INTERRUPT.deferred():  # an apply or heal is finished and recorded
+                self.scheduler.tick(now)
             self.progress.update(load=read_load_progress(progress_file), active=self._active())
             if not locust.running():
                 break
+            self._supervise()
             if now - self._t0 > duration + LOAD_OVERRUN_S:
                 raise HarnessFailure(
                     f"Locust still running {LOAD_OVERRUN_S:.0f}s after the load duration "
@@ -322,6 +412,7 @@ class RunPipeline:
         end = time.monotonic() + settle
         while time.monotonic() < end:
             self.progress.update(active=self._active())
+            self._supervise()
             time.sleep(min(0.5, max(0.0, end - time.monotonic())))
         self.meta["settle_ended"] = time.time()
         self._write_meta()
@@ -365,43 +456,40 @@ class RunPipeline:
         """After a complete run: heal problems, the gate's verdict, the exit code."""
         assert self.run_dir is not None
         heal_errors = self.scheduler.heal_errors if self.scheduler is not None else []
-        self.meta["status"] = "complete"
         if heal_errors:
-            self.meta["error"] = "heal failed: " + "; ".join(heal_errors)
-        self._write_meta()
-        code = 0
-        if self.slo_path is not None:
-            code = self._gate()
-        else:
-            say(f"run complete: {self.run_dir}")
-        if heal_errors:
-            say(f"harness failure: heal failed, the system was not restored: {heal_errors[0]}")
-            return EXIT_HARNESS
-        return code
+            raise HarnessFailure(f"heal failed, the system was not restored: {heal_errors[0]}")
+        self._end("complete")
+        return self._gate()
 
     def _gate(self) -> int:
         assert self.run_dir is not None and self.slo_path is not None
-        from slos.gate import evaluate_run, render_text  # matplotlib: only when gating
+        from slos.gate import ERROR, evaluate_run, render_text  # matplotlib: only when gating
 
         self.console.print("evaluating objectives…", highlight=False)
         try:
             result = evaluate_run(self.run_dir, self.slo_path, self.baseline)
         except Exception as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            say(f"harness failure: the gate could not evaluate the run: {first}")
-            return EXIT_HARNESS
-        print(render_text(result), flush=True)
+            raise HarnessFailure(f"the gate could not evaluate the run: {first}") from exc
+        if result.verdict == ERROR:
+            raise HarnessFailure(f"the gate could not evaluate the run: {result.error}")
+        text = render_text(result)
         if not result.outputs:
-            print(f"report: {result.run_dir}", flush=True)
+            text += f"\nreport: {result.run_dir}"
+        # with --json, stdout is the summary alone; the words go with the progress
+        print(text, file=sys.stderr if self.json_summary else sys.stdout, flush=True)
+        self._print_summary(result.summary())
         return int(result.exit_code)
 
     # --- cleanup -------------------------------------------------------------------
 
     def _cleanup(self) -> None:
-        """Heal, stop Locust, stop the stack (unless attached).  Safe to call twice."""
+        """Stop Locust, heal, stop the stack (unless attached).  Safe to call twice."""
+        if self._cleaned:
+            return
         steps: list[tuple[str, Callable[[], None]]] = [
+            ("stop Locust", self._stop_locust),  # first: no load on a stack being healed
             ("heal faults", self._heal_quietly),
-            ("stop Locust", self._stop_locust),
             ("stop stack", self._stop_stack),
             ("close", self._close),
         ]
@@ -410,14 +498,25 @@ class RunPipeline:
                 action()
             except Exception as exc:  # cleanup goes on: nothing may be left behind
                 say(f"cleanup: {what} failed: {type(exc).__name__}: {exc}")
+        self._cleaned = True
 
     def _heal_quietly(self) -> None:
         if self.scheduler is not None:
             self.scheduler.heal_all()
 
     def _stop_locust(self) -> None:
-        if self.locust is not None:
-            self.locust.stop(LOCUST_STOP_GRACE_S)
+        """SIGINT to the master alone: it stops its users (and its workers'), whose open
+        operations are completed as `info`, and writes the history before it exits."""
+        locust = self.locust
+        if locust is None or not locust.running():
+            return
+        self.progress.phase("stopping load")
+        process.signal_pid(locust.pid, signal.SIGINT)
+        try:
+            locust.popen.wait(timeout=LOCUST_STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            say(f"Locust did not stop {LOCUST_STOP_GRACE_S:.0f}s after SIGINT; killing it")
+        locust.stop(LOCUST_STOP_GRACE_S)  # reaps; TERM then KILL the group if still there
 
     def _stop_stack(self) -> None:
         if self.stack is None:
@@ -437,6 +536,31 @@ class RunPipeline:
         self.metrics.close()
 
     # --- helpers -------------------------------------------------------------------
+
+    def _supervise(self) -> None:
+        """A death outside the fault timeline ends the run (as a harness error)."""
+        problem = self.supervisor.check(self._faulted())
+        if problem is not None:
+            self.progress.log(f"[bold red]{problem}[/]")
+            raise HarnessFailure(problem)
+
+    def _faulted(self) -> set[str]:
+        """The services the timeline has killed or paused at this moment."""
+        if self.scheduler is None:
+            return set()
+        return {step.target for _, step in self.scheduler.active()
+                if step.type.kind is Kind.PROCESS}
+
+    def _worker_check(self, pid: int) -> Callable[[], str | None]:
+        alive = pid_problem(pid)
+
+        def check() -> str | None:
+            assert self._t0 is not None
+            if time.monotonic() - self._t0 > self.scenario.duration - WORKER_END_SLACK_S:
+                return None  # the load is ending: workers leave before the master
+            return alive()
+
+        return check
 
     def _active(self) -> list[str]:
         if self.scheduler is None:

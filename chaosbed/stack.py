@@ -19,7 +19,7 @@ import secrets
 import signal
 import sys
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ import httpx
 
 import rundir
 from chaosbed import binaries, proc
+from chaosbed.supervisor import HealthWatch, Watched, child_problem
 from faults import process
 from faults.toxiproxy import ProxySpec, Toxiproxy, ToxiproxyError
 from loadtests.target import Target, render
@@ -121,6 +122,7 @@ class Stack(rundir.Closing):
         self._observers: Any = None
         self._lock = threading.RLock()
         self._stopped = False
+        self._health: list[HealthWatch] = []
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -390,6 +392,8 @@ class Stack(rundir.Closing):
                 return
             self._stopped = True
         _live_stacks.discard(self)
+        for watch in self._health:
+            watch.close()
         if not self._owned:
             # services this controller restarted belong to the stack, not to us: leave them
             if self._toxiproxy is not None:
@@ -430,6 +434,68 @@ class Stack(rundir.Closing):
     def close(self) -> None:
         self.stop()
 
+    # --- supervision ------------------------------------------------------------
+
+    def health_urls(self) -> dict[str, str]:
+        """What answers 200 while the stack is alive: Toxiproxy's API and each service."""
+        urls = {}
+        if self._info.get("toxiproxy"):
+            urls["Toxiproxy"] = f"{self._info['toxiproxy']['api']}/version"
+        for name, svc in self._info["services"].items():
+            urls[f"service {name}"] = f"{svc['url']}/healthz"
+        return urls
+
+    def health_problems(self) -> list[str]:
+        """Every health URL that does not answer 200 now, with what it did instead."""
+        problems = []
+        for name, url in self.health_urls().items():
+            watch = HealthWatch(url)
+            try:
+                problem = watch.probe()
+            finally:
+                watch.close()
+            if problem is not None:
+                problems.append(f"{name} ({url}): {problem}")
+        return problems
+
+    def watched(self) -> list[Watched]:
+        """What must stay alive while the stack is in use (chaosbed/supervisor.py): every
+        process this stack started, or the health URLs of a stack it is attached to."""
+        if not self._owned:
+            watched = []
+            for name, url in self.health_urls().items():
+                watch = HealthWatch(url)
+                self._health.append(watch)
+                target = name.removeprefix("service ") if name.startswith("service ") else None
+                watched.append(Watched(name, watch, target=target))
+            return watched
+        items: list[Watched] = []
+        if self._toxiproxy_child is not None:
+            items.append(Watched("Toxiproxy", child_problem(self._toxiproxy_child)))
+        for name in SERVICES:
+            items.append(Watched(f"service {name}", self._service_check(name), target=name))
+        observers = self._observers
+        if observers is not None:
+            for observer in observers.alive():
+                items.append(Watched(observer, self._observer_check(observers, observer)))
+        return items
+
+    def _service_check(self, name: str) -> Callable[[], str | None]:
+        def check() -> str | None:
+            child = self._children.get(name)  # the current one: a heal restarts it
+            if child is None:
+                return "has no process"
+            return child_problem(child)()
+
+        return check
+
+    @staticmethod
+    def _observer_check(observers: Any, name: str) -> Callable[[], str | None]:
+        def check() -> str | None:
+            return None if observers.alive().get(name, False) else "exited"
+
+        return check
+
     @classmethod
     def attach(cls, stack_json: Path) -> Stack:
         """Control a stack started elsewhere (signals by pid; owns nothing it did not start)."""
@@ -459,6 +525,11 @@ class Stack(rundir.Closing):
     @property
     def run_dir(self) -> Path:
         return Path(self._info["run_dir"])
+
+    @property
+    def owned(self) -> bool:
+        """False for a stack this process attached to: it may not start or stop its processes."""
+        return self._owned
 
     @property
     def toxiproxy(self) -> Toxiproxy:

@@ -23,7 +23,7 @@ from typing import Any
 
 import gevent
 from locust.env import Environment
-from locust.runners import MasterRunner, Runner, WorkerRunner
+from locust.runners import STATE_INIT, STATE_STOPPED, MasterRunner, Runner, WorkerRunner
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
 from loadtests.config import LoadConfig, from_env, load_metrics_port, user_rng
@@ -283,6 +283,10 @@ class Collector:
     def on_quitting(self, environment: Environment, **_: Any) -> None:
         if self.merger is None:
             return
+        # SIGINT/SIGTERM mid-load: Locust fires `quitting` before it stops the runner, so stop
+        # it here while the history is still open: open operations are completed as `info`
+        if self.runner.state not in (STATE_INIT, STATE_STOPPED):
+            self.runner.stop()
         if self.progress is not None:
             self.progress.kill(block=False)
             self.progress = None

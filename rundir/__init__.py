@@ -65,6 +65,39 @@ def create_run_dir(runs_dir: Path | str, name: str, *, now: datetime | None = No
     raise RunDirError(f"could not create a run directory for {stem} in {base}")
 
 
+def create_named_run_dir(path: Path | str) -> Path:
+    """Create the run directory `path` (0700) for `--out`: it may exist only as an empty
+    directory, so no earlier run's files are ever mixed in or overwritten."""
+    target = Path(path)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise RunDirError(f"{target} already exists and is not an empty directory")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.mkdir(mode=RUN_DIR_MODE, exist_ok=True)
+    target.chmod(RUN_DIR_MODE)
+    return target
+
+
+LATEST = "latest"
+
+
+def point_latest(runs_dir: Path | str, run_dir: Path | str) -> Path:
+    """Make `runs_dir/latest` a symlink to `run_dir` (relative when inside runs_dir), replaced
+    atomically so a reader never finds it missing."""
+    base = Path(runs_dir)
+    run = Path(run_dir)
+    base.mkdir(parents=True, exist_ok=True)
+    try:
+        target = run.resolve().relative_to(base.resolve())
+    except ValueError:
+        target = run.resolve()
+    link = base / LATEST
+    tmp = base / f".{LATEST}.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+    return link
+
+
 def write_json(path: Path | str, data: Any) -> Path:
     """Write `data` as indented JSON atomically (temp file + rename): readers never see half.
 

@@ -7,7 +7,9 @@ directory unreadable).
 
 from __future__ import annotations
 
+import time
 import xml.etree.ElementTree as ET
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +82,8 @@ def headline(verdict: str, problems: list[str], result: AuditResult | None) -> s
     if verdict == UNKNOWN:
         return ("Cannot tell whether the release is safe: there was not enough evidence ("
                 + "; ".join(problems[:2]) + ").")
-    return "The gate could not evaluate this run: " + "; ".join(problems)
+    return "No verdict on the release: the harness failed or could not evaluate the run: " + (
+        "; ".join(problems))
 
 
 # --- the gate ----------------------------------------------------------------
@@ -137,6 +140,10 @@ def gate_records(run_dir: Path, records: Records, slo: SloFile,
     evaluator = Evaluator(records, result, slo)
     objectives = evaluator.run(previous)
     verdict, problems = decide(objectives, result)
+    started, ended = run_span(records)
+    load_start, load_end = evaluator.load_span()
+    observed = [evaluator.timeline(o.op).duration(o.phase, load_start, load_end)
+                for o in slo.objectives]
     gate = GateResult(
         verdict=verdict,
         exit_code=EXIT_CODES[verdict],
@@ -148,18 +155,47 @@ def gate_records(run_dir: Path, records: Records, slo: SloFile,
         windows=evaluator.windows,
         baseline=previous,
         problems=problems,
+        started=started,
+        ended=ended,
+        observed_s=observed,
     )
     write_outputs(gate, records)
     return gate
 
 
+def run_span(records: Records) -> tuple[float | None, float | None]:
+    """Wall-clock start and end of the run: run.json's times, else the history's."""
+    run = records.run
+    starts = [o.start for o in records.ops]
+    ends = [o.end or o.start for o in records.ops]
+    started = run.started or run.load_started or (min(starts) if starts else None)
+    ended = run.settle_ended or run.load_ended or (max(ends) if ends else None)
+    return started, ended
+
+
 def harness_error(run_dir: Path, message: str) -> GateResult:
-    """A result for a run the gate could not evaluate; written as result.json if it can be."""
+    """A result for a run the harness could not finish or the gate could not evaluate:
+    result.json (verdict `error`) and junit.xml (one `<error>` test case), if it can."""
     gate = GateResult(ERROR, EXIT_HARNESS, headline(ERROR, [message], None), run_dir,
                       problems=[message], error=message)
+    try:
+        run = read_json(run_dir / "run.json")
+    except RunDirError:
+        run = {}
+    if isinstance(run, dict):
+        gate.started = _number(run.get("started"))
+        gate.ended = _number(run.get("ended")) or time.time()
     if run_dir.is_dir():
-        gate.outputs["result"] = str(write_json(run_dir / "result.json", gate.to_dict()))
+        junit = run_dir / "junit.xml"
+        junit.write_text(render_junit(gate))
+        gate.outputs["junit"] = str(junit)
+        gate.outputs["result"] = str(run_dir / "result.json")
+        write_json(run_dir / "result.json", {**gate.to_dict(), "outputs": gate.outputs})
     return gate
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def recorded_slo(run_dir: Path) -> str:
@@ -193,14 +229,35 @@ def write_outputs(gate: GateResult, records: Records) -> None:
 # --- junit.xml ---------------------------------------------------------------
 
 
+def _seconds(value: float | None) -> str:
+    return f"{max(0.0, value or 0.0):.3f}"
+
+
 def render_junit(gate: GateResult) -> str:
-    """One testsuite for the objectives and one for the anomaly classes."""
+    """One testsuite for the objectives and one for the anomaly classes; a harness error is
+    one testsuite with one `<error>` test case.
+
+    Times are real: a suite's `time` is the run's duration and its `timestamp` the run's
+    start (UTC); an objective's `time` is the seconds of load its phase covered, an anomaly
+    class's the whole run its audit covered.
+    """
+    started = gate.started if gate.started is not None else time.time()
+    span = (gate.ended - started) if gate.ended is not None else 0.0
+    stamp = datetime.fromtimestamp(started, UTC).strftime("%Y-%m-%dT%H:%M:%S")
     root = ET.Element("testsuites", name=f"chaosbed {gate.run_dir.name}")
+    if gate.verdict == ERROR and gate.audit is None:
+        suite = ET.SubElement(root, "testsuite", name="chaosbed harness")
+        case = ET.SubElement(suite, "testcase", classname="chaosbed.harness", name="harness",
+                             time=_seconds(span))
+        error = ET.SubElement(case, "error", type="harness", message=gate.error or gate.headline)
+        error.text = gate.headline
+        return _finish_junit(root, span, stamp)
     slo_name = gate.slo.name if gate.slo is not None else "slo"
     suite = ET.SubElement(root, "testsuite", name=f"slo {slo_name}")
-    for o in gate.objectives:
+    observed = gate.observed_s or [0.0] * len(gate.objectives)
+    for o, seconds in zip(gate.objectives, observed, strict=False):
         case = ET.SubElement(suite, "testcase", classname=f"chaosbed.slo.{slo_name}",
-                             name=o.name, time="0")
+                             name=o.name, time=_seconds(seconds))
         message = f"measured {o.shown} vs objective {o.objective}"
         if o.tier == FAIL_TIER:
             failure = ET.SubElement(case, "failure", message=message, type="slo")
@@ -215,7 +272,7 @@ def render_junit(gate: GateResult) -> str:
         audit_suite = ET.SubElement(root, "testsuite", name="audit")
         for check in gate.audit.checks.values():
             case = ET.SubElement(audit_suite, "testcase", classname="chaosbed.audit",
-                                 name=f"{check.cls} {check.name}", time="0")
+                                 name=f"{check.cls} {check.name}", time=_seconds(span))
             examples = "\n".join(f"order {e.get('order_id') or e.get('sku')} "
                                  f"trace {e.get('trace_id')}: {e['detail']}"
                                  for e in check.examples)
@@ -228,15 +285,22 @@ def render_junit(gate: GateResult) -> str:
             elif check.verdict == INFO_VERDICT:
                 out = ET.SubElement(case, "system-out")
                 out.text = f"info: {check.count} {check.stats}"
+    return _finish_junit(root, span, stamp)
+
+
+def _finish_junit(root: ET.Element, span: float, stamp: str) -> str:
     for s in root.iter("testsuite"):
         cases = list(s.iter("testcase"))
         s.set("tests", str(len(cases)))
         s.set("failures", str(sum(1 for c in cases if c.find("failure") is not None)))
         s.set("errors", str(sum(1 for c in cases if c.find("error") is not None)))
         s.set("skipped", "0")
-        s.set("time", "0")
+        s.set("time", _seconds(span))
+        s.set("timestamp", stamp)
     for name in ("tests", "failures", "errors"):
         root.set(name, str(sum(int(s.get(name, "0")) for s in root.iter("testsuite"))))
+    root.set("time", _seconds(span))
+    root.set("timestamp", stamp)
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 

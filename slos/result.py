@@ -15,6 +15,9 @@ from slos.audit import AuditResult
 from slos.evaluate import FaultWindow, ObjectiveResult
 from slos.model import SloFile
 
+# result.json's format (docs/result.schema.json); raised when a field changes meaning or goes
+SCHEMA_VERSION = 1
+
 
 @dataclass(slots=True)
 class GateResult:
@@ -30,9 +33,13 @@ class GateResult:
     problems: list[str] = field(default_factory=list)
     error: str | None = None
     outputs: dict[str, str] = field(default_factory=dict)
+    started: float | None = None  # the run's wall-clock span (run.json), for JUnit
+    ended: float | None = None
+    observed_s: list[float] = field(default_factory=list)  # per objective: seconds measured
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "schema_version": SCHEMA_VERSION,
             "verdict": self.verdict,
             "exit_code": self.exit_code,
             "headline": self.headline,
@@ -46,5 +53,30 @@ class GateResult:
             "fault_windows": [w.to_dict() for w in self.windows],
             "baseline": None if self.baseline is None else {
                 "path": self.baseline.get("_path"), "verdict": self.baseline.get("verdict")},
+            "run_started": self.started,
+            "run_ended": self.ended,
             "generated_at": time.time(),
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """What `chaosbed run --json` prints: the verdict and one line per objective and per
+        anomaly class found; the same names as in result.json."""
+        anomalies = {} if self.audit is None else {
+            c.cls: c.count for c in self.audit.anomalies()}
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "verdict": self.verdict,
+            "exit_code": self.exit_code,
+            "headline": self.headline,
+            "problems": self.problems,
+            "error": self.error,
+            "run_dir": str(self.run_dir),
+            "objectives": [
+                {"name": o.name, "tier": o.tier, "measured": o.measured,
+                 "measured_text": o.shown, "objective": o.objective, "samples": o.samples,
+                 "key": o.key}
+                for o in self.objectives
+            ],
+            "anomalies": anomalies,
+            "outputs": self.outputs,
         }
