@@ -278,9 +278,46 @@ class Facts:
         return set(self.charges) if single is None else single.paid
 
     @cached_property
+    def closed_at(self) -> dict[str, float]:
+        """order → when it was closed, by records the order service cannot make up: the
+        channel's close of its payment, else the inventory's cancel of its reservation."""
+        closed: dict[str, float] = {}
+        for e in self.records.ledger:
+            if e.kind == "close" and e.status == "succeeded":
+                k = self.ledger_order(e.merchant_order_id)
+                if e.t < closed.get(k, math.inf):
+                    closed[k] = e.t
+        for s in self.records.stock_events:
+            if s.kind == "cancel" and s.t < closed.get(s.order_id, math.inf):
+                closed[s.order_id] = s.t
+        return closed
+
+    @cached_property
+    def refunds(self) -> set[str]:
+        """Orders with a succeeded refund in the channel ledger."""
+        return {self.ledger_order(e.merchant_order_id) for e in self.records.ledger
+                if e.kind == "refund" and e.status == "succeeded"}
+
+    @cached_property
+    def charged_after_close(self) -> set[str]:
+        """Orders with a succeeded charge later than their close (ledger close or inventory
+        cancel): a payment that landed after the order could no longer take it."""
+        closed = self.closed_at
+        if not closed:
+            return set()
+        late: set[str] = set()
+        for e in self._succeeded_charges:
+            k = self.ledger_order(e.merchant_order_id)
+            if e.t > closed.get(k, math.inf):
+                late.add(k)
+        return late
+
+    @cached_property
     def refunded_late(self) -> set[str]:
-        """Orders paid after they closed whose money is back (order refunded it, ledger agrees)."""
-        late = {r.order_id for r in self.records.order_refunds if r.reason == "paid_after_close"}
+        """P14: orders charged after their close whose money the ledger shows back (refunded,
+        no live charge left).  The order service's refund reason is not consulted: a payment
+        charged before the close and then refunded is a lost payment whatever it says."""
+        late = self.charged_after_close & self.refunds
         return late - self.paid_ledger if late else late
 
     @cached_property
