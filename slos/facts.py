@@ -21,8 +21,9 @@ from typing import Any, cast
 
 from slos.records import INFO, OK, LedgerEntry, Notification, Op, Order, Records
 
-# a pay issued after the shopper saw the order CLOSED is still a pay attempt
-PAY_ALIASES = {"late_pay": "pay"}
+# a pay issued after the shopper saw the order CLOSED, or with a card the channel declines, is
+# still a pay attempt
+PAY_ALIASES = {"late_pay": "pay", "declined_pay": "pay"}
 MAX_EXAMPLES = 10
 PAID_STATES = frozenset({"PAID", "FULFILLED", "COMPLETED"})
 FINAL_STATES = frozenset({"PAID", "REJECTED", "CLOSED", "FULFILLED", "COMPLETED"})
@@ -190,6 +191,15 @@ class Facts:
         """Info(f): orders with an unknown outcome of f and no ok."""
         o = self.outcomes(f)
         return o.info - o.ok
+
+    @cached_property
+    def late_payers(self) -> set[str]:
+        """Orders paid only by a late payer (`late_pay` ops, no plain `pay`)."""
+        pays = self.ops_of("pay")
+        if "late_pay" not in [op.f for op in pays]:
+            return set()
+        late = {self.order_of(op) for op in pays if op.f == "late_pay"}
+        return late - {self.order_of(op) for op in pays if op.f == "pay"}
 
     @cached_property
     def completed_ops(self) -> int:
@@ -377,6 +387,10 @@ class Facts:
         """P11': pay ok times and the wait until a poll saw PAID, of the shoppers who saw it;
         (pay ok time, order) of those who never did."""
         paid, paid_at = self.outcomes("pay").first_ok()
+        late = self.late_payers
+        if late:  # they paid a closed order: nobody waits for PAID, a refund is the outcome
+            kept = [(k, t) for k, t in zip(paid, paid_at, strict=True) if k not in late]
+            paid, paid_at = [k for k, _ in kept], [t for _, t in kept]
         seen_at = list(map(self.seen_paid.get, paid))
         gave_up: list[tuple[float, str]] = []
         if None in seen_at:

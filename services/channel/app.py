@@ -18,8 +18,8 @@ from starlette.routing import Match
 
 from services.channel import domain
 from services.channel.behaviour import Behaviour, Knobs, KnobsUpdate
-from services.channel.domain import Card, Channel, PaymentStatus, PaymentView, slow_notify_s
-from services.channel.fields import MAX_SQLITE_INT, Amount, Id
+from services.channel.domain import Channel, PaymentStatus, PaymentView, slow_notify_s
+from services.channel.fields import MAX_SQLITE_INT, Amount, Card, Id
 from services.channel.store import ChannelStore
 from services.channel.workers import Notifier, http_sender
 from services.common import telemetry

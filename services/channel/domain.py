@@ -14,18 +14,13 @@ from typing import Any, Literal
 
 from services.channel import metrics
 from services.channel.behaviour import Behaviour
+from services.channel.fields import Card
 from services.channel.store import ChannelStore, LedgerEvent, Payment
 from services.common import storage
 from services.common.api import DomainError
 from services.common.settings import Settings
 
 PaymentStatus = Literal["PENDING", "SUCCEEDED", "CLOSED", "REFUNDED"]
-# Test cards, as real channels' sandboxes have them: the shopper's choice decides the payment's
-# path.  declined: refused, a failed charge in the ledger; slow_notify: the notification is held
-# past the merchant's active-query time; offline: an offline wallet whose charge is captured even
-# when the payment was closed meanwhile (the merchant must refund it).
-Card = Literal["default", "declined", "slow_notify", "offline"]
-CARDS: tuple[Card, ...] = ("default", "declined", "slow_notify", "offline")
 
 
 class ChannelError(DomainError):
