@@ -817,3 +817,22 @@ def test_general_paths_agree_with_the_shortcuts(plant: Callable[[Records], str] 
     assert facts.single_charges is None and facts.outcomes("pay").not_ok
     assert len(facts.outcomes("pay").ok_ids) > len(facts.outcomes("pay").ok)
     assert audit(general).to_dict()["checks"] == audit(shortcut).to_dict()["checks"]
+
+
+def test_a_late_payer_is_not_a_shopper_who_gave_up_waiting() -> None:
+    records = clean_run(5, every_path=True)  # o-refund: paid a closed order, refunded
+    conf = run(records, "P11'")
+    assert conf.stats["gave_up"] == 0 and conf.count == 0
+    assert Facts(records).late_payers == {"o-late_pay", "o-refund"}
+    late = next(op for op in records.ops if op.f == "late_pay" and op.order_id == "o-refund")
+    late.f = "pay"  # the same pay by a shopper who then waits for PAID: it never came
+    assert found(records, "P11'") == ["o-refund"]
+
+
+def test_a_declined_pay_that_charged_is_failed_but_charged() -> None:
+    records = clean_run(5, every_path=True)
+    assert run(records, "P3").count == 0
+    failed = next(e for e in records.ledger
+                  if e.merchant_order_id == "o-declined" and e.status == "failed")
+    failed.status = "succeeded"  # the channel took the money of a declined card
+    assert found(records, "P3") == ["o-declined"]
