@@ -231,6 +231,11 @@ class Facts:
             return head
         return merchant_order_id
 
+    @property
+    def charges_succeeded(self) -> list[LedgerEntry]:
+        """Every succeeded charge of the ledger, in ledger order."""
+        return self._succeeded_charges
+
     @cached_property
     def _succeeded_charges(self) -> list[LedgerEntry]:
         return [e for e in self.records.ledger if e.kind == "charge" and e.status == "succeeded"]
