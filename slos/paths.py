@@ -51,9 +51,10 @@ def depends_on(cls: str) -> list[str]:
 
 
 def never_walked(classes: Iterable[str], counts: Mapping[str, int]) -> list[str]:
-    """The paths `classes` depend on that no order took (in PATHS order)."""
+    """The paths `classes` depend on that no order took (in PATHS order); a path missing from
+    `counts` was not counted, which is not the same as not walked."""
     needed = {path for cls in classes for path in depends_on(cls)}
-    return [path for path in PATHS if path in needed and counts.get(path, 0) == 0]
+    return [path for path in PATHS if path in needed and counts.get(path) == 0]
 
 
 def path_counts(f: Facts) -> dict[str, int]:

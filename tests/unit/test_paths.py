@@ -138,7 +138,9 @@ def test_the_dependency_map_names_known_paths_and_classes() -> None:
     assert depends_on("P8") == ["retry"]
     assert depends_on("P6") == ["paid", "refund", "slow_notify"]
     assert depends_on("P12") == []
-    assert never_walked(["P1", "P6"], {"paid": 3, "refund": 0}) == ["refund", "slow_notify"]
+    counts = {"paid": 3, "refund": 0, "slow_notify": 0, "retry": 0}
+    assert never_walked(["P1", "P6"], counts) == ["refund", "slow_notify"]
+    assert never_walked(["P1", "P6"], {"paid": 3}) == []  # not counted is not unwalked
     assert never_walked(["P12"], {}) == []
 
 
