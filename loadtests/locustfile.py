@@ -326,7 +326,8 @@ class Shopper(ShoppingUser):
         self.background.append(gevent.spawn(journey, card))
 
     def on_stop(self) -> None:
-        gevent.killall(self.background, block=False)  # an open operation completes as info
+        # before the history's last flush: an open operation completes as info
+        gevent.killall(self.background, block=True, timeout=2.0)
 
 
 class ImpatientShopper(ShoppingUser):
