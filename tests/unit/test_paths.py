@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import yaml
 
 from faults.scenario import (
     DEFAULT_PATH_SHARE,
@@ -22,8 +23,8 @@ from slos.facts import Facts
 from slos.gate import gate_records
 from slos.model import load_slo
 from slos.paths import PATH_CLASSES, PATHS, depends_on, never_walked, path_counts, path_orders
-from slos.records import LedgerEntry, Records, StockEvent
-from slos.synthetic import clean_run
+from slos.records import LedgerEntry, Records, StockEvent, load_run
+from slos.synthetic import clean_run, write_run
 
 ANOMALY_SLO = """\
 name: paths
@@ -224,3 +225,12 @@ def test_journey_paths_take_their_share_and_the_journey_count_stays() -> None:
     assert LoadSpec.model_validate({"paths": dict.fromkeys(JOURNEY_PATHS, 0)}).journey_path(
         0.0) is None
     assert spec.journey_path(0.0) == JOURNEY_PATHS[0]
+
+
+def test_the_active_query_time_comes_from_the_recorded_scenario(tmp_path: Path) -> None:
+    run_dir = write_run(clean_run(3), tmp_path / "run")
+    assert load_run(run_dir).run.query_after_s == 3.0  # the services' default
+    scenario = yaml.safe_load((run_dir / "scenario.yaml").read_text())
+    (run_dir / "scenario.yaml").write_text(yaml.safe_dump(
+        {**scenario, "services": {"query_after_s": 1}}))
+    assert load_run(run_dir).run.query_after_s == 1.0
