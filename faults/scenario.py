@@ -11,7 +11,7 @@ import dataclasses
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -85,6 +85,25 @@ def _default_mix() -> dict[UserClass, int]:
     return {"shopper": 8, "browser": 1, "forger": 1}
 
 
+# The paths of the flow a shopper's journey takes besides the paid one, each at a small fixed
+# share of the Shopper class's journeys (drawn from its seeded RNG); the rest pay and wait:
+#   abandon      places the order, never pays: it closes for want of payment, stock released
+#   declined     pays with a card the channel declines (history op `declined_pay`)
+#   late_pay     leaves the wallet open until the order closed, then pays: refused
+#   refund       the same with an offline card the channel charges anyway: must be refunded
+#   retry        re-submits the order with the same idempotency key and pays what it is shown
+#   slow_notify  a card whose notification the channel holds past the active-query time
+# They apply to every scenario; `load.paths` overrides any of them (0 turns one off).
+JourneyPath = Literal["abandon", "declined", "late_pay", "refund", "retry", "slow_notify"]
+JOURNEY_PATHS: tuple[JourneyPath, ...] = get_args(JourneyPath)
+DEFAULT_PATH_SHARE = 0.03
+PathShare = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+def _default_paths() -> dict[JourneyPath, float]:
+    return dict.fromkeys(JOURNEY_PATHS, DEFAULT_PATH_SHARE)
+
+
 class LoadSpec(BaseModel):
     model_config = _model_config()
 
@@ -99,6 +118,29 @@ class LoadSpec(BaseModel):
     skus: dict[str, int] = Field(default_factory=lambda: {"sku-1": 100_000, "sku-2": 100_000})
     max_poll: Duration = 10.0
     late_pay_wait: Duration = 30.0  # a late payer gives up if its order is not closed by then
+    paths: dict[JourneyPath, PathShare] = Field(default_factory=_default_paths)
+
+    @field_validator("paths")
+    @classmethod
+    def _path_shares(cls, paths: dict[JourneyPath, float]) -> dict[JourneyPath, float]:
+        merged = {**_default_paths(), **paths}  # the paths not named keep their default share
+        total = sum(merged.values())
+        if total > 1.0:
+            shares = ", ".join(f"{name} {share:g}" for name, share in merged.items())
+            raise ValueError(f"path shares add up to {total:g} > 1 ({shares})")
+        return merged
+
+    def journey_path(self, draw: float) -> JourneyPath | None:
+        """The path a shopper's journey takes for a uniform `draw` in [0, 1): each path over
+        its share of the unit interval, in JOURNEY_PATHS order; None (buy and pay) for the rest.
+        The journey count is the same whatever the shares: they change what a journey does,
+        never how many start."""
+        edge = 0.0
+        for path in JOURNEY_PATHS:
+            edge += self.paths.get(path, 0.0)
+            if draw < edge:
+                return path
+        return None
 
     @field_validator("mix")
     @classmethod

@@ -21,7 +21,8 @@ from typing import Any, Literal
 from rundir import iter_ndjson
 
 # late_pay: a pay issued after the order was seen CLOSED (a refund is the right outcome)
-OPERATIONS = ("place_order", "pay", "poll", "forge", "browse", "late_pay")
+# declined_pay: a pay with a card the channel declines (a refusal is the right outcome)
+OPERATIONS = ("place_order", "pay", "poll", "forge", "browse", "late_pay", "declined_pay")
 COMPLETIONS = ("ok", "fail", "info")
 Record = dict[str, Any]
 Completion = Literal["ok", "fail", "info"]

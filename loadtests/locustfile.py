@@ -35,6 +35,7 @@ if __package__ in (None, ""):
     # Locust imports this file by path; make `loadtests`, `faults`, ... importable.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import gevent
 from locust import FastHttpUser, LoadTestShape, events, task
 from locust.env import Environment
 
@@ -46,6 +47,7 @@ from loadtests.config import LoadConfig, LoadConfigError, from_env
 from loadtests.forgery import KINDS, KnownOrder, forge
 from loadtests.history import Operation
 from loadtests.shapes import Level, profile_from_load
+from services.channel.fields import Card
 
 try:
     PROCESS.config = from_env()
@@ -146,11 +148,13 @@ class ShoppingUser(ChaosbedUser):
         self.journeys += 1
         return f"k-{self.history.node}-{self.history.nonce}-{self.index}-{self.journeys}", body
 
-    def pay(self, order: OrderView, f: str = "pay") -> bool | None:
+    def pay(self, order: OrderView, f: str = "pay", card: Card = "default") -> bool | None:
         """Pay in the wallet at chaosbed's channel: True paid, False certainly not charged,
         None unknown.
 
-        `f` names the operation in the history: `late_pay` for a payment of a closed order.
+        `f` names the operation in the history: `late_pay` for a payment of a closed order,
+        `declined_pay` for one with a declining card.  `card` is one of the channel's test cards
+        (docs/contracts.md), which choose the payment's path.
         """
         payment_id = order.payment_id
         url = f"{self.config.channel_url}/payments/{payment_id}/pay"
@@ -166,7 +170,7 @@ class ShoppingUser(ChaosbedUser):
                         url,
                         name="/payments/[id]/pay",
                         traceparent=op.traceparent,
-                        json_body={},
+                        json_body={} if card == "default" else {"card": card},
                         expected=frozenset({402, 404, 409}),
                     ),
                     success=(200,),
@@ -241,30 +245,30 @@ class ShoppingUser(ChaosbedUser):
                 )
             )
 
+    # --- the journeys: each path of the flow, read top to bottom -------------------------
 
-class Shopper(ShoppingUser):
-    """Places an order, pays for it in the wallet, then watches "payment processing"."""
-
-    weight = PROCESS.config.spec.mix.get("shopper", 0)
-
-    @task
-    def buy(self) -> None:
+    def buy(self, card: Card = "default") -> None:
+        """Place an order, pay for it in the wallet, then watch "payment processing"."""
         order = self.place_order()
         if order is None or order.status != "AWAITING_PAYMENT":
             return
-        paid = self.pay(order)
+        paid = self.pay(order, card=card)
         if paid is False:
             return
         self.wait_for_confirmation(order)
 
+    def abandon(self) -> None:
+        """Place an order and leave without paying: it closes, its stock goes back."""
+        self.place_order()
 
-class ImpatientShopper(ShoppingUser):
-    """Pays, then refreshes the page (the same order sent again) and pays whatever it shows."""
+    def pay_declined(self) -> None:
+        """Pay with a card the channel declines; the shopper gives up (the order closes)."""
+        order = self.place_order()
+        if order is not None and order.status == "AWAITING_PAYMENT":
+            self.pay(order, f="declined_pay", card="declined")
 
-    weight = PROCESS.config.spec.mix.get("impatient", 0)
-
-    @task
     def buy_twice(self) -> None:
+        """Pay, then refresh the page (the same order sent again) and pay whatever it shows."""
         request = self.new_order()
         order = self.place_order(resubmit=request)
         if order is None or order.status != "AWAITING_PAYMENT":
@@ -277,22 +281,76 @@ class ImpatientShopper(ShoppingUser):
             self.pay(shown)
         self.wait_for_confirmation(order)
 
-
-class LatePayer(ShoppingUser):
-    """Leaves the wallet open until the order is closed for want of payment, then pays."""
-
-    weight = PROCESS.config.spec.mix.get("late_payer", 0)
-
-    @task
-    def pay_too_late(self) -> None:
+    def pay_too_late(self, card: Card = "default") -> None:
+        """Leave the wallet open until the order is closed for want of payment, then pay."""
         order = self.place_order()
         if order is None or order.status != "AWAITING_PAYMENT":
             return
         if self.wait_for_final(order, self.config.spec.late_pay_wait) != "CLOSED":
             return
-        # the channel refuses this (409) unless it misbehaves (pay_after_close); then the
-        # order service must refund the charge
-        self.pay(order, f="late_pay")
+        # the channel refuses this (409) unless the card is offline or the channel misbehaves
+        # (pay_after_close); then the order service must refund the charge
+        self.pay(order, f="late_pay", card=card)
+
+
+class Shopper(ShoppingUser):
+    """Mostly buys; a small seeded share of its journeys walks each other path of the flow
+    (`load.paths`, defaults in faults/scenario.py), so every scenario exercises them all."""
+
+    weight = PROCESS.config.spec.mix.get("shopper", 0)
+
+    def __init__(self, environment: Environment) -> None:
+        super().__init__(environment)
+        self.background: list[gevent.Greenlet] = []
+
+    @task
+    def shop(self) -> None:
+        path = self.config.spec.journey_path(self.rng.random())
+        match path:
+            case None:
+                self.buy()
+            case "abandon":
+                self.abandon()
+            case "declined":
+                self.pay_declined()
+            case "retry":
+                self.buy_twice()
+            case "slow_notify":
+                self.in_background(self.buy, "slow_notify")
+            case "late_pay":
+                self.in_background(self.pay_too_late)
+            case "refund":
+                self.in_background(self.pay_too_late, "offline")
+
+    def in_background(self, journey: Callable[[Card], None], card: Card = "default") -> None:
+        """A journey that waits for seconds (a close, an active query) runs beside the paced
+        ones, so the user's journeys still start at the scenario's rate."""
+        self.background = [g for g in self.background if not g.dead]
+        self.background.append(gevent.spawn(journey, card))
+
+    def on_stop(self) -> None:
+        # before the history's last flush: an open operation completes as info
+        gevent.killall(self.background, block=True, timeout=2.0)
+
+
+class ImpatientShopper(ShoppingUser):
+    """Always pays, then refreshes the page and pays whatever it shows (`buy_twice`)."""
+
+    weight = PROCESS.config.spec.mix.get("impatient", 0)
+
+    @task
+    def impatient(self) -> None:
+        self.buy_twice()
+
+
+class LatePayer(ShoppingUser):
+    """Always leaves the wallet open until the order is closed, then pays (`pay_too_late`)."""
+
+    weight = PROCESS.config.spec.mix.get("late_payer", 0)
+
+    @task
+    def late(self) -> None:
+        self.pay_too_late()
 
 
 class Browser(ChaosbedUser):

@@ -16,6 +16,7 @@ from rundir import write_json
 from slos import blackbox
 from slos.checkers import CHECKERS, INFO_VERDICT, INVALID, UNKNOWN, VALID, CheckResult
 from slos.facts import MAX_EXAMPLES, Facts
+from slos.paths import path_counts
 from slos.records import Records
 
 
@@ -29,6 +30,10 @@ class AuditResult:
     orders: int = 0
     reference_time: float | None = None
     elapsed_s: float = 0.0
+    paths: dict[str, int] = field(default_factory=dict)  # path → orders that took it
+
+    def never_walked(self) -> list[str]:
+        return [path for path, n in self.paths.items() if n == 0]
 
     def anomalies(self) -> list[CheckResult]:
         """Invalid classes, in catalog order."""
@@ -43,6 +48,8 @@ class AuditResult:
             "orders": self.orders,
             "reference_time": self.reference_time,
             "elapsed_s": round(self.elapsed_s, 3),
+            "paths": self.paths,
+            "never_walked": self.never_walked(),
             "checks": {cls: check.to_dict() for cls, check in self.checks.items()},
         }
 
@@ -73,6 +80,7 @@ def audit(records: Records, *, max_examples: int = MAX_EXAMPLES) -> AuditResult:
     gc.disable()
     try:
         checks = {cls: run_checker(cls, facts) for cls in CHECKERS}
+        paths = path_counts(facts)
     finally:
         if was_enabled:
             gc.enable()
@@ -96,6 +104,7 @@ def audit(records: Records, *, max_examples: int = MAX_EXAMPLES) -> AuditResult:
         orders=len(records.orders),
         reference_time=records.reference_time(),
         elapsed_s=time.perf_counter() - started,
+        paths=paths,
     )
 
 

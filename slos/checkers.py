@@ -337,9 +337,14 @@ def lost_acknowledgement(f: Facts) -> Found:
 
 @checker("P14", "late payment refunded", verdict=INFO_VERDICT)
 def refunded_late_payment(f: Facts) -> Found:
-    """P14: paid after the order closed, and the money went back (the designed repair)."""
+    """P14: paid after the order closed, and the money went back (the designed repair).
+
+    Decided by the ledger's timeline alone: the charge is later than the channel's close of
+    the payment (or the inventory's cancel of the reservation), and the ledger shows it
+    refunded.  The order service's refund reason is not evidence."""
+    closed = f.closed_at
     return Found(f.ok("pay") & f.refunded_late,
-                 lambda k: "paid after the order closed; refunded")
+                 lambda k: f"charged after the order closed at {closed[k]:.3f}; refunded")
 
 
 # --- orders ------------------------------------------------------------------
@@ -458,6 +463,23 @@ def sold_unpaid(f: Facts) -> Found:
         elif r.state == "CANCELLED" and r.order_id in paid:
             reasons[r.order_id] = "paid (not refunded) but its reservation was CANCELLED"
     return Found(reasons, reasons.__getitem__)
+
+
+@checker("I6", "paid but unconfirmed",
+         plain="{n} paid order(s) still had their stock only reserved, never confirmed")
+def paid_but_unconfirmed(f: Facts) -> Found:
+    """I6: a paid order (live charge, or PAID in D) whose reservation is still TRY at the end of
+    the settle window: a paid order must be confirmed by then, not only before the TTL."""
+    paid_db, paid_ledger = f.paid_db, f.paid_ledger
+    trying = {r.order_id: r for r in f.records.reservations if r.state == "TRY"}
+    bad = {k for k in trying if k in paid_ledger or k in paid_db}
+
+    def detail(k: str) -> str:
+        since = f.records.reference_time() - trying[k].t_try
+        return (f"paid (ledger: {k in paid_ledger}, order: {_status(f, k)}), reservation "
+                f"still TRY {since:.1f}s after it was taken")
+
+    return Found(bad, detail)
 
 
 # --- queues ------------------------------------------------------------------

@@ -26,6 +26,7 @@ from slos.checkers import (
 )
 from slos.expr import Threshold
 from slos.model import Baseline, Objective, SloFile
+from slos.paths import never_walked
 from slos.records import FAIL, INFO, OK, Op, Records
 
 PASS, WARNING, FAIL_TIER = "pass", "warning", "fail"
@@ -334,6 +335,12 @@ class Evaluator:
                         note=", ".join(f"{c.cls}={c.count}" for c in checks))
         if undecided:
             m.unknown = f"checker(s) {', '.join(undecided)} could not decide"
+            return m
+        unwalked = never_walked(o.classes or [], self.audit.paths)
+        value = aggregate(o.threshold, m)
+        passes = value is not None and o.threshold.holds(value)
+        if unwalked and passes:  # nothing found where nothing was tried is no evidence
+            m.unknown = "; ".join(f"path {path} never walked" for path in unwalked)
         return m
 
     # tiers

@@ -21,8 +21,9 @@ from typing import Any, cast
 
 from slos.records import INFO, OK, LedgerEntry, Notification, Op, Order, Records
 
-# a pay issued after the shopper saw the order CLOSED is still a pay attempt
-PAY_ALIASES = {"late_pay": "pay"}
+# a pay issued after the shopper saw the order CLOSED, or with a card the channel declines, is
+# still a pay attempt
+PAY_ALIASES = {"late_pay": "pay", "declined_pay": "pay"}
 MAX_EXAMPLES = 10
 PAID_STATES = frozenset({"PAID", "FULFILLED", "COMPLETED"})
 FINAL_STATES = frozenset({"PAID", "REJECTED", "CLOSED", "FULFILLED", "COMPLETED"})
@@ -192,6 +193,15 @@ class Facts:
         return o.info - o.ok
 
     @cached_property
+    def late_payers(self) -> set[str]:
+        """Orders paid only by a late payer (`late_pay` ops, no plain `pay`)."""
+        pays = self.ops_of("pay")
+        if "late_pay" not in [op.f for op in pays]:
+            return set()
+        late = {self.order_of(op) for op in pays if op.f == "late_pay"}
+        return late - {self.order_of(op) for op in pays if op.f == "pay"}
+
+    @cached_property
     def completed_ops(self) -> int:
         return [op.outcome for op in self.records.ops].count(OK)
 
@@ -220,6 +230,11 @@ class Facts:
         if sep and head in self.orders:
             return head
         return merchant_order_id
+
+    @property
+    def charges_succeeded(self) -> list[LedgerEntry]:
+        """Every succeeded charge of the ledger, in ledger order."""
+        return self._succeeded_charges
 
     @cached_property
     def _succeeded_charges(self) -> list[LedgerEntry]:
@@ -278,9 +293,46 @@ class Facts:
         return set(self.charges) if single is None else single.paid
 
     @cached_property
+    def closed_at(self) -> dict[str, float]:
+        """order → when it was closed, by records the order service cannot make up: the
+        channel's close of its payment, else the inventory's cancel of its reservation."""
+        closed: dict[str, float] = {}
+        for e in self.records.ledger:
+            if e.kind == "close" and e.status == "succeeded":
+                k = self.ledger_order(e.merchant_order_id)
+                if e.t < closed.get(k, math.inf):
+                    closed[k] = e.t
+        for s in self.records.stock_events:
+            if s.kind == "cancel" and s.t < closed.get(s.order_id, math.inf):
+                closed[s.order_id] = s.t
+        return closed
+
+    @cached_property
+    def refunds(self) -> set[str]:
+        """Orders with a succeeded refund in the channel ledger."""
+        return {self.ledger_order(e.merchant_order_id) for e in self.records.ledger
+                if e.kind == "refund" and e.status == "succeeded"}
+
+    @cached_property
+    def charged_after_close(self) -> set[str]:
+        """Orders with a succeeded charge later than their close (ledger close or inventory
+        cancel): a payment that landed after the order could no longer take it."""
+        closed = self.closed_at
+        if not closed:
+            return set()
+        late: set[str] = set()
+        for e in self._succeeded_charges:
+            k = self.ledger_order(e.merchant_order_id)
+            if e.t > closed.get(k, math.inf):
+                late.add(k)
+        return late
+
+    @cached_property
     def refunded_late(self) -> set[str]:
-        """Orders paid after they closed whose money is back (order refunded it, ledger agrees)."""
-        late = {r.order_id for r in self.records.order_refunds if r.reason == "paid_after_close"}
+        """P14: orders charged after their close whose money the ledger shows back (refunded,
+        no live charge left).  The order service's refund reason is not consulted: a payment
+        charged before the close and then refunded is a lost payment whatever it says."""
+        late = self.charged_after_close & self.refunds
         return late - self.paid_ledger if late else late
 
     @cached_property
@@ -340,6 +392,10 @@ class Facts:
         """P11': pay ok times and the wait until a poll saw PAID, of the shoppers who saw it;
         (pay ok time, order) of those who never did."""
         paid, paid_at = self.outcomes("pay").first_ok()
+        late = self.late_payers
+        if late:  # they paid a closed order: nobody waits for PAID, a refund is the outcome
+            kept = [(k, t) for k, t in zip(paid, paid_at, strict=True) if k not in late]
+            paid, paid_at = [k for k, _ in kept], [t for _, t in kept]
         seen_at = list(map(self.seen_paid.get, paid))
         gave_up: list[tuple[float, str]] = []
         if None in seen_at:

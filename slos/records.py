@@ -29,6 +29,7 @@ from rundir import RunDirError, read_json
 
 OK, FAIL, INFO = "ok", "fail", "info"
 DEFAULT_SWEEP_EVERY_S = 2.0
+DEFAULT_QUERY_AFTER_S = 3.0  # the services' default (services/common/settings.py)
 
 
 class RecordsError(ValueError):
@@ -212,6 +213,7 @@ class RunInfo:
     duration: float | None = None
     settle: float | None = None
     sweep_every_s: float = DEFAULT_SWEEP_EVERY_S
+    query_after_s: float = DEFAULT_QUERY_AFTER_S
 
 
 @dataclass(slots=True)
@@ -771,6 +773,9 @@ def _run_info(run_dir: Path) -> RunInfo:
         overrides = scenario.get(section)
         if isinstance(overrides, dict) and overrides.get("sweep_every_s") is not None:
             info.sweep_every_s = _seconds(overrides["sweep_every_s"]) or info.sweep_every_s
+        if isinstance(overrides, dict) and overrides.get("query_after_s") is not None:
+            query_after = _seconds(overrides["query_after_s"])
+            info.query_after_s = info.query_after_s if query_after is None else query_after
     run_path = run_dir / "run.json"
     if run_path.is_file():
         try:

@@ -24,14 +24,14 @@ MONEY_BASIS: dict[str, str] = {
     "P1": ORDER_AMOUNT, "P2": ORDER_AMOUNT, "P3": CHARGED, "P4": CHARGED, "P6": CHARGED,
     "P7": ORDER_AMOUNT, "P8": EXTRA_CHARGE, "P9": ORDER_AMOUNT, "P10": MISMATCH,
     "P12": ORDER_AMOUNT, "P13": ORDER_AMOUNT, "O2": ORDER_AMOUNT, "O3": ORDER_AMOUNT,
-    "I5": ORDER_AMOUNT, "Q1": ORDER_AMOUNT,
+    "I5": ORDER_AMOUNT, "I6": ORDER_AMOUNT, "Q1": ORDER_AMOUNT,
 }
 # How a class's units of stock at risk are counted: per order (its quantity, or what its
 # reservation holds) or per product (how far its stock is off).
 ORDER_QTY, RESERVED, OVERSOLD, UNBALANCED = "qty", "reserved", "oversold", "unbalanced"
 UNIT_BASIS: dict[str, str] = {
     "P7": ORDER_QTY, "P9": ORDER_QTY, "O2": ORDER_QTY, "I5": ORDER_QTY,
-    "I3": RESERVED, "I4": RESERVED, "I1": OVERSOLD, "I2": UNBALANCED,
+    "I3": RESERVED, "I6": RESERVED, "I4": RESERVED, "I1": OVERSOLD, "I2": UNBALANCED,
 }
 EVERY_EXAMPLE = sys.maxsize
 

@@ -100,6 +100,10 @@ CLASS_WORDS: dict[str, ClassWords] = {
     "I5": ClassWords("order", "{n} {thing} had stock sold unpaid, or released while paid",
                      "stock sold unpaid or released while paid", "{money} of orders",
                      "how stock is confirmed or released when a payment is late or refunded"),
+    "I6": ClassWords("order", "{n} paid {thing} still had their stock only reserved, never "
+                     "confirmed", "paid orders whose stock was never confirmed",
+                     "{money} of paid orders that may not ship",
+                     "the confirm the order service sends the inventory once an order is paid"),
     "Q1": ClassWords("internal message", "{n} {thing} (order confirmations or refunds) {were} "
                      "never delivered", "undelivered confirmations and refunds",
                      "{money} of orders whose confirmation or refund never went out",

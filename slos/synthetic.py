@@ -17,12 +17,15 @@ from typing import Any
 import yaml
 
 from slos.records import (
+    FAIL,
+    OK,
     FaultEvent,
     InboxEntry,
     LedgerEntry,
     Notification,
     Op,
     Order,
+    OrderRefund,
     OutboxEntry,
     Payment,
     Receipt,
@@ -49,10 +52,12 @@ def clean_run(
     place_latency: float = 0.02,
     pay_latency: float = 0.03,
     settle: float = 10.0,
+    every_path: bool = False,
 ) -> Records:
     """n orders on the happy path, spread evenly over `duration` seconds from `start`.
 
-    `faults` are (offset from start, duration, fault, target) windows written as apply/heal.
+    `faults` are (offset from start, duration, fault, target) windows written as apply/heal;
+    `every_path` adds one correct order on each other path of the flow (`walk_every_path`).
     """
     r = Records()
     ops, payments, ledger, notes = r.ops, r.payments, r.ledger, r.notifications
@@ -99,7 +104,107 @@ def clean_run(
     r.run = RunInfo(scenario="synthetic", started=start - 1, load_started=start,
                     load_ended=start + duration, settle_ended=start + duration + settle,
                     duration=duration, settle=settle)
+    if every_path:
+        walk_every_path(r, start + 1.0)
     return r
+
+
+PATH_SKU = "sku-paths"
+
+
+def walk_every_path(r: Records, t: float) -> None:
+    """Add one order, correctly handled, on each path of the flow besides the plain paid one
+    (slos/paths.py): order ids `o-<path>`, all on sku `sku-paths`, from time `t`."""
+    wait = r.run.query_after_s
+
+    def order(path: str, status: str, *, paid: bool, closed_at: float | None = None) -> None:
+        oid = f"o-{path}"
+        trace = path.encode().hex()[:32].ljust(32, "0")
+        t_paid = t + 0.1 + (wait if path == "slow_notify" else 0.05) if paid else None
+        final = t_paid if t_paid is not None else closed_at
+        r.orders.append(Order(oid, f"k-{path}", PATH_SKU, 1, 1000, status, f"p-{path}",
+                              f"x-{path}" if paid else None, t, t_paid, final, trace))
+        r.payments.append(Payment(f"p-{path}", oid, 1000, t + 0.01, trace))
+        r.transitions.append(Transition(oid, "CREATED", "AWAITING_PAYMENT", t + 0.015, "place"))
+        r.reservations.append(Reservation(oid, PATH_SKU, 1, "CONFIRMED" if paid else "CANCELLED",
+                                          t + 0.005, final, 60.0, None if paid else "closed"))
+        r.stock_events.append(StockEvent(oid, "try", t + 0.005, -1))
+        if paid:
+            assert t_paid is not None
+            cause = "query" if path == "slow_notify" else "notify"
+            r.transitions.append(Transition(oid, "AWAITING_PAYMENT", "PAID", t_paid, cause))
+            r.outbox.append(OutboxEntry(f"ob-{path}", oid, "confirm", t_paid, t_paid + 0.05, 1))
+            r.stock_events.append(StockEvent(oid, "confirm", t_paid + 0.05, 0))
+        else:
+            assert closed_at is not None
+            r.transitions.append(Transition(oid, "AWAITING_PAYMENT", "CLOSED", closed_at,
+                                            "close"))
+            r.ledger.append(LedgerEntry(len(r.ledger), None, f"p-{path}", oid, "close", 0,
+                                        "succeeded", closed_at))
+            r.outbox.append(OutboxEntry(f"ob-{path}", oid, "cancel", closed_at,
+                                        closed_at + 0.05, 1))
+            r.stock_events.append(StockEvent(oid, "cancel", closed_at + 0.05, 1))
+
+    def op(f: str, path: str, at: float, outcome: str, status: str | None, n: int = 0) -> None:
+        r.ops.append(Op(f, f"{f}-{path}-{n}", "w:paths", f"k-{path}", f"o-{path}", at,
+                        at + 0.01, 0.01, outcome, None, status, None))
+
+    def charge(path: str, at: float, *, acked_after: float = 0.02) -> None:
+        oid, txn = f"o-{path}", f"x-{path}"
+        r.ledger.append(LedgerEntry(len(r.ledger), txn, f"p-{path}", oid, "charge", 1000,
+                                    "succeeded", at))
+        r.notifications.append(Notification(f"n-{path}", f"p-{path}", oid, txn, 1,
+                                            at + acked_after, True, 200, False, False, None))
+        r.receipts.append(Receipt(f"n-{path}", txn, oid, at + acked_after))
+
+    closed = t + 5.0
+    # abandon: placed, never paid; closed, its stock released
+    order("abandon", "CLOSED", paid=False, closed_at=closed)
+    op("place_order", "abandon", t, OK, "AWAITING_PAYMENT")
+    # declined: the card was declined (a failed charge), then the order closed
+    order("declined", "CLOSED", paid=False, closed_at=closed)
+    op("place_order", "declined", t, OK, "AWAITING_PAYMENT")
+    op("declined_pay", "declined", t + 0.05, FAIL, None)
+    r.ledger.append(LedgerEntry(len(r.ledger), "x-declined", "p-declined", "o-declined",
+                                "charge", 1000, "failed", t + 0.055))
+    # late_pay: paid after the close; the channel refused
+    order("late_pay", "CLOSED", paid=False, closed_at=closed)
+    op("place_order", "late_pay", t, OK, "AWAITING_PAYMENT")
+    op("poll", "late_pay", closed + 0.5, OK, "CLOSED")
+    op("late_pay", "late_pay", closed + 0.6, FAIL, None)
+    # refund: paid after the close with an offline card; charged, then refunded
+    order("refund", "CLOSED", paid=False, closed_at=closed)
+    op("place_order", "refund", t, OK, "AWAITING_PAYMENT")
+    op("poll", "refund", closed + 0.5, OK, "CLOSED")
+    op("late_pay", "refund", closed + 0.6, OK, "SUCCEEDED")
+    charge("refund", closed + 0.605)
+    r.inbox.append(InboxEntry("x-refund", "n-refund", "o-refund", closed + 0.63, "refund"))
+    r.order_refunds.append(OrderRefund("o-refund", "rf-x-refund", "x-refund", 1000,
+                                       closed + 0.63, "paid_after_close"))
+    r.outbox.append(OutboxEntry("ob-refund-2", "o-refund", "refund", closed + 0.63,
+                                closed + 0.7, 1))
+    r.ledger.append(LedgerEntry(len(r.ledger), "x-refund", "p-refund", "o-refund", "refund",
+                                1000, "succeeded", closed + 0.7, "rf-x-refund"))
+    # retry: the same order placed twice with the same key, paid once, paid again (a replay)
+    order("retry", "PAID", paid=True)
+    op("place_order", "retry", t, OK, "AWAITING_PAYMENT")
+    op("pay", "retry", t + 0.05, OK, "SUCCEEDED")
+    charge("retry", t + 0.06)
+    op("place_order", "retry", t + 0.07, OK, "AWAITING_PAYMENT", n=1)
+    op("pay", "retry", t + 0.08, OK, "SUCCEEDED", n=1)
+    op("poll", "retry", t + 0.3, OK, "PAID")
+    r.inbox.append(InboxEntry("x-retry", "n-retry", "o-retry", t + 0.15, "accepted"))
+    # slow_notify: the notification came late; the active query paid the order first
+    order("slow_notify", "PAID", paid=True)
+    op("place_order", "slow_notify", t, OK, "AWAITING_PAYMENT")
+    op("pay", "slow_notify", t + 0.05, OK, "SUCCEEDED")
+    charge("slow_notify", t + 0.06, acked_after=2 * wait)
+    op("poll", "slow_notify", t + wait + 0.5, OK, "PAID")
+    r.inbox.append(InboxEntry("x-slow_notify", None, "o-slow_notify", t + 0.15 + wait,
+                              "accepted"))
+    r.inbox.append(InboxEntry("x-slow_notify", "n-slow_notify", "o-slow_notify",
+                              t + 0.06 + 2 * wait, "duplicate"))
+    r.stock.append(StockRow(PATH_SKU, 100, 98))  # two confirmed (retry, slow_notify)
 
 
 # --- writing a run directory in the contract formats ---------------------------

@@ -18,8 +18,8 @@ from starlette.routing import Match
 
 from services.channel import domain
 from services.channel.behaviour import Behaviour, Knobs, KnobsUpdate
-from services.channel.domain import Channel, PaymentStatus, PaymentView
-from services.channel.fields import MAX_SQLITE_INT, Amount, Id
+from services.channel.domain import Channel, PaymentStatus, PaymentView, slow_notify_s
+from services.channel.fields import MAX_SQLITE_INT, Amount, Card, Id
 from services.channel.store import ChannelStore
 from services.channel.workers import Notifier, http_sender
 from services.common import telemetry
@@ -43,6 +43,8 @@ class CreatePayment(BaseModel):
 
 class PayRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
+
+    card: Card = "default"  # a test card choosing the payment's path (services/channel/domain.py)
 
 
 class RefundRequest(BaseModel):
@@ -133,7 +135,7 @@ def _allow_every_method_of_a_path(app: FastAPI) -> None:
 def create_app(settings: Settings) -> FastAPI:
     store = ChannelStore.open(settings.db_path)
     behaviour = Behaviour.from_settings(settings)
-    channel = Channel(store, behaviour)
+    channel = Channel(store, behaviour, slow_notify_s=slow_notify_s(settings))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -213,7 +215,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def pay(
         payment_id: PaymentIdPath, body: Annotated[PayRequest | None, Body()] = None
     ) -> PayOut:
-        view = channel.pay(payment_id)
+        view = channel.pay(payment_id, body.card if body is not None else "default")
         return PayOut(payment_id=view.payment_id, status="SUCCEEDED", txn_id=view.txn_id or "")
 
     @app.post(

@@ -14,9 +14,11 @@ from typing import Any, Literal
 
 from services.channel import metrics
 from services.channel.behaviour import Behaviour
+from services.channel.fields import Card
 from services.channel.store import ChannelStore, LedgerEvent, Payment
 from services.common import storage
 from services.common.api import DomainError
+from services.common.settings import Settings
 
 PaymentStatus = Literal["PENDING", "SUCCEEDED", "CLOSED", "REFUNDED"]
 
@@ -102,6 +104,13 @@ def derive(payment: Payment, events: list[LedgerEvent]) -> PaymentView:
     )
 
 
+def slow_notify_s(settings: Settings) -> float:
+    """How long a slow_notify card's notification is held: well past the merchant's active-query
+    time (the stack gives every service the same CHAOSBED_QUERY_AFTER_S), so the order service
+    must ask the channel itself."""
+    return max(2.0 * settings.query_after_s, settings.query_after_s + 1.0)
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
 
@@ -122,11 +131,13 @@ class Channel:
         *,
         clock: Callable[[], float] = storage.now,
         on_notification_scheduled: Callable[[], None] = lambda: None,
+        slow_notify_s: float = 0.0,
     ) -> None:
         self.store = store
         self.behaviour = behaviour
         self.clock = clock
         self.on_notification_scheduled = on_notification_scheduled
+        self.slow_notify_s = slow_notify_s  # how long a slow_notify card's notification waits
 
     def _load(self, payment_id: str) -> tuple[Payment, list[LedgerEvent]]:
         payment = self.store.payment(payment_id)
@@ -168,7 +179,7 @@ class Channel:
         metrics.PAYMENTS.labels("created").inc()
         return derive(payment, []), True
 
-    def pay(self, payment_id: str) -> PaymentView:
+    def pay(self, payment_id: str, card: Card = "default") -> PaymentView:
         """The shopper pays: charge once and queue the notification, in one transaction."""
         knobs = self.behaviour.knobs
         with self.store.transaction():
@@ -176,10 +187,12 @@ class Channel:
             view = derive(payment, events)
             if view.txn_id is not None:
                 return view
-            if view.status == "CLOSED" and not knobs.accept_pay_after_close:
+            after_close = knobs.accept_pay_after_close or card == "offline"
+            if view.status == "CLOSED" and not after_close:
                 raise PaymentClosed(f"payment {payment_id!r} is closed")
             now = self.clock()
-            declined = self.behaviour.chance(knobs.pay_failure_rate)
+            declined = card == "declined" or self.behaviour.chance(knobs.pay_failure_rate)
+            held = self.slow_notify_s if card == "slow_notify" else 0.0
             charge = self.store.append_event(
                 payment_id=payment_id,
                 kind="charge",
@@ -193,7 +206,7 @@ class Channel:
                     notify_id=new_id("ntf"),
                     payment_id=payment_id,
                     txn_id=charge.txn_id or "",
-                    at=now + self.behaviour.first_attempt_delay_s(),
+                    at=now + held + self.behaviour.first_attempt_delay_s(),
                     now=now,
                 )
         if declined:

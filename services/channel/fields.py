@@ -7,7 +7,7 @@ the published schema says and nothing else.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field
 
@@ -36,3 +36,9 @@ Id = Annotated[str, Field(min_length=1, max_length=128, pattern=ID_PATTERN)]
 # integer minor units (cents)
 Amount = Annotated[int, Field(ge=1, le=MAX_AMOUNT), JSON_INT]
 Rate = Annotated[float, Field(ge=0.0, le=1.0), JSON_NUMBER]
+
+# Test cards, as real channels' sandboxes have them: the shopper's card decides the payment's
+# path.  declined: refused, a failed charge in the ledger; slow_notify: the notification is held
+# past the merchant's active-query time; offline: an offline wallet whose charge is captured even
+# when the payment was closed meanwhile (the merchant must refund it).
+Card = Literal["default", "declined", "slow_notify", "offline"]

@@ -178,6 +178,12 @@ def sold_unpaid(r: Records) -> str:
     return "o-3"
 
 
+def paid_but_unconfirmed(r: Records) -> str:
+    res = next(x for x in r.reservations if x.order_id == "o-3")
+    res.state, res.t_end = "TRY", None  # paid, never confirmed; young: no I3 yet
+    return "o-3"
+
+
 def outbox_lost(r: Records) -> str:
     r.outbox.append(OutboxEntry("ob-x", "o-2", "cancel", T0 + 4, None, 12))
     return "o-2"
@@ -197,7 +203,7 @@ PLANTS: list[tuple[str, Callable[[Records], str]]] = [
     ("O1", lost_order), ("O1", lost_order_by_key), ("O2", duplicate_order), ("O3", stuck_order),
     ("I1", oversell), ("I2", stock_not_conserved), ("I3", leaked_reservation),
     ("I4", hanging_try), ("I4", empty_rollback_moved_stock), ("I5", sold_unpaid),
-    ("Q1", outbox_lost),
+    ("I6", paid_but_unconfirmed), ("Q1", outbox_lost),
 ]
 
 
@@ -559,27 +565,43 @@ def test_values_of_other_json_types_are_converted_as_one_by_one(tmp_path: Path) 
     assert (loaded.orders[1].amount, loaded.orders[1].sku) == (999, None)
 
 
-def _pay_after_close(r: Records, order_id: str, *, refunded: bool) -> None:
-    """The shopper's pay landed after the order timed out; the service refunds it."""
+def _pay_after_close(r: Records, order_id: str, *, refunded: bool, charge_after: float = 2.0,
+                     ledger_close: bool = True, inventory_cancel: bool = True,
+                     reason: str = "paid_after_close") -> None:
+    """The order timed out and was closed; the shopper's charge landed `charge_after` seconds
+    after the close (negative: before it); the order service refunds it giving `reason`.
+    The close is recorded by the channel (`ledger_close`) and the inventory
+    (`inventory_cancel`), as the real services do."""
     o = order(r, order_id)
-    o.status, o.t_paid = "CLOSED", None
+    closed = o.created_at + 1.0
+    o.status, o.t_paid, o.t_final = "CLOSED", None, closed
     r.transitions = [
         t for t in r.transitions if not (t.order_id == order_id and t.to_state == "PAID")
     ]
-    r.transitions.append(Transition(order_id, "AWAITING_PAYMENT", "CLOSED", T0 + 1, "close"))
+    r.transitions.append(Transition(order_id, "AWAITING_PAYMENT", "CLOSED", closed, "close"))
     r.outbox = [b for b in r.outbox if b.order_id != order_id]
     for res in r.reservations:
         if res.order_id == order_id:
-            res.state = "CANCELLED"
+            res.state, res.t_end = "CANCELLED", closed + 0.1
+    r.stock_events = [e for e in r.stock_events
+                      if not (e.order_id == order_id and e.kind == "confirm")]
+    if inventory_cancel:
+        r.stock_events.append(StockEvent(order_id, "cancel", closed + 0.1, 1))
     for s in r.stock:
         if s.sku == o.sku:
             s.available += o.qty
     c = charge(r, order_id)
-    r.order_refunds.append(OrderRefund(order_id, f"rf-{c.txn_id}", c.txn_id, c.amount, T0 + 9,
-                                       "paid_after_close"))
+    c.t = closed + charge_after
+    if ledger_close:
+        r.ledger.append(LedgerEntry(len(r.ledger) + 1, None, c.payment_id, order_id, "close", 0,
+                                    "succeeded", closed))
+    refund_at = max(closed, c.t) + 3.0
+    r.order_refunds.append(OrderRefund(order_id, f"rf-{c.txn_id}", c.txn_id, c.amount,
+                                       refund_at, reason))
     if refunded:
         r.ledger.append(LedgerEntry(len(r.ledger) + 1, c.txn_id, c.payment_id, order_id,
-                                    "refund", c.amount, "succeeded", T0 + 9, f"rf-{c.txn_id}"))
+                                    "refund", c.amount, "succeeded", refund_at,
+                                    f"rf-{c.txn_id}"))
 
 
 def test_a_late_payment_that_was_refunded_is_not_lost() -> None:
@@ -588,6 +610,57 @@ def test_a_late_payment_that_was_refunded_is_not_lost() -> None:
     assert run(records, "P1").count == 0 and run(records, "P2").count == 0
     assert found(records, "P14") == ["o-2"] and run(records, "P14").verdict == "info"
     assert run(records, "P6").count == 0
+    assert audit(records).verdict == "valid"
+
+
+@pytest.mark.parametrize(("ledger_close", "inventory_cancel"), [(True, False), (False, True)])
+def test_either_the_channel_or_the_inventory_dates_the_close(
+        ledger_close: bool, inventory_cancel: bool) -> None:
+    records = clean_run(5)
+    _pay_after_close(records, "o-2", refunded=True, ledger_close=ledger_close,
+                     inventory_cancel=inventory_cancel)
+    assert found(records, "P14") == ["o-2"]
+    assert run(records, "P1").count == 0 and run(records, "P2").count == 0
+
+
+@pytest.mark.parametrize("reason", ["paid_after_close", "duplicate_charge", "customer_request"])
+def test_a_payment_charged_before_the_close_then_refunded_is_lost_whatever_the_reason(
+        reason: str) -> None:
+    records = clean_run(5)
+    # the order service closed a paid order and refunded it, calling it a late payment
+    _pay_after_close(records, "o-2", refunded=True, charge_after=-0.5, reason=reason)
+    assert found(records, "P1") == ["o-2"]
+    assert found(records, "P2") == ["o-2"]
+    assert run(records, "P14").count == 0
+    assert audit(records).verdict == "invalid"
+
+
+def test_a_refund_reason_without_any_close_record_is_not_a_late_payment() -> None:
+    records = clean_run(5)
+    # only the order service says the order was closed: neither channel nor inventory does
+    _pay_after_close(records, "o-2", refunded=True, ledger_close=False, inventory_cancel=False)
+    assert found(records, "P1") == ["o-2"] and found(records, "P2") == ["o-2"]
+    assert run(records, "P14").count == 0
+
+
+def test_a_paid_order_still_try_at_the_end_of_settle_is_flagged_before_its_ttl() -> None:
+    records = clean_run(5)
+    assert run(records, "I6").count == 0
+    paid_but_unconfirmed(records)
+    res = next(x for x in records.reservations if x.order_id == "o-3")
+    assert records.reference_time() - res.t_try < res.ttl  # too young for I3
+    assert run(records, "I3").count == 0
+    assert found(records, "I6") == ["o-3"]
+    assert "TRY" in run(records, "I6").examples[0]["detail"]
+
+
+def test_an_unpaid_order_still_try_is_not_paid_but_unconfirmed() -> None:
+    records = clean_run(5)
+    paid_but_unconfirmed(records)
+    records.ledger.remove(charge(records, "o-3"))
+    order(records, "o-3").status = "AWAITING_PAYMENT"
+    assert run(records, "I6").count == 0
+    assert found(records, "O3") == ["o-3"]  # the stuck order is O3's business
 
 
 def test_a_late_payment_never_refunded_is_an_orphan_charge() -> None:
@@ -627,7 +700,7 @@ def _documented_classes(text: str) -> list[tuple[str, str]]:
 
 def test_registry_holds_every_documented_class_once_with_its_verdict() -> None:
     beyond = _documented_classes(CONTRACTS_MD.read_text())
-    assert [cls for cls, _ in beyond] == ["P13", "P14"]
+    assert [cls for cls, _ in beyond] == ["P13", "P14", "I6"]
     documented = list(CHECKS_MD.items()) + beyond
     assert len({cls for cls, _ in documented}) == len(documented)  # no class in both docs
     assert {cls: c.verdict for cls, c in CHECKERS.items()} == dict(documented)
@@ -744,3 +817,22 @@ def test_general_paths_agree_with_the_shortcuts(plant: Callable[[Records], str] 
     assert facts.single_charges is None and facts.outcomes("pay").not_ok
     assert len(facts.outcomes("pay").ok_ids) > len(facts.outcomes("pay").ok)
     assert audit(general).to_dict()["checks"] == audit(shortcut).to_dict()["checks"]
+
+
+def test_a_late_payer_is_not_a_shopper_who_gave_up_waiting() -> None:
+    records = clean_run(5, every_path=True)  # o-refund: paid a closed order, refunded
+    conf = run(records, "P11'")
+    assert conf.stats["gave_up"] == 0 and conf.count == 0
+    assert Facts(records).late_payers == {"o-late_pay", "o-refund"}
+    late = next(op for op in records.ops if op.f == "late_pay" and op.order_id == "o-refund")
+    late.f = "pay"  # the same pay by a shopper who then waits for PAID: it never came
+    assert found(records, "P11'") == ["o-refund"]
+
+
+def test_a_declined_pay_that_charged_is_failed_but_charged() -> None:
+    records = clean_run(5, every_path=True)
+    assert run(records, "P3").count == 0
+    failed = next(e for e in records.ledger
+                  if e.merchant_order_id == "o-declined" and e.status == "failed")
+    failed.status = "succeeded"  # the channel took the money of a declined card
+    assert found(records, "P3") == ["o-declined"]

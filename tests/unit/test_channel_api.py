@@ -175,6 +175,57 @@ def test_delay_knob_set_over_http_delays_the_first_attempt(
     assert due - created == pytest.approx(30.0)
 
 
+# test cards: the shopper's card chooses the payment's path
+
+
+def test_declined_card_is_refused_with_a_failed_charge(client: TestClient, db_path: str) -> None:
+    pid = create(client)["payment_id"]
+    response = client.post(f"/payments/{pid}/pay", json={"card": "declined"})
+    assert response.status_code == 402 and response.json()["error"] == "payment_declined"
+    assert client.get(f"/payments/{pid}").json()["status"] == "PENDING"
+    db = snapshot(db_path)
+    assert [(row[3], row[5]) for row in db["ledger"]] == [("charge", "failed")]
+    assert db["notifications"] == []
+    assert client.post(f"/payments/{pid}/pay", json={"card": "default"}).status_code == 200
+
+
+def test_offline_card_is_charged_after_close_the_default_card_is_not(
+    client: TestClient, db_path: str
+) -> None:
+    refused, offline = create(client, "o-1")["payment_id"], create(client, "o-2")["payment_id"]
+    for pid in (refused, offline):
+        client.post(f"/payments/{pid}/close")
+    assert client.post(f"/payments/{refused}/pay", json={}).status_code == 409
+    assert client.post(f"/payments/{offline}/pay", json={"card": "offline"}).status_code == 200
+    assert client.get(f"/payments/{offline}").json()["status"] == "SUCCEEDED"
+    assert client.get(f"/payments/{refused}").json()["status"] == "CLOSED"
+    kinds = [(row[2], row[3]) for row in snapshot(db_path)["ledger"]]
+    assert kinds.index((offline, "close")) < kinds.index((offline, "charge"))
+
+
+def test_slow_notify_card_holds_the_notification_past_the_active_query(db_path: str) -> None:
+    settings = Settings(service="channel", db_path=db_path, admin_token=TOKEN, query_after_s=2.0)
+    with TestClient(create_app(settings)) as client:
+        slow, quick = create(client, "o-1")["payment_id"], create(client, "o-2")["payment_id"]
+        assert client.post(f"/payments/{slow}/pay", json={"card": "slow_notify"}).status_code == 200
+        assert client.post(f"/payments/{quick}/pay", json={}).status_code == 200
+    conn = sqlite3.connect(db_path)
+    try:
+        held = dict(conn.execute(
+            "SELECT payment_id, next_attempt_at - created_at FROM notifications").fetchall())
+    finally:
+        conn.close()
+    assert held[slow] == pytest.approx(4.0) and held[quick] == pytest.approx(0.0)
+
+
+def test_an_unknown_card_is_refused_and_nothing_changes(client: TestClient, db_path: str) -> None:
+    pid = create(client)["payment_id"]
+    before = snapshot(db_path)
+    response = client.post(f"/payments/{pid}/pay", json={"card": "gold"})
+    assert response.status_code == 422 and "card" in response.text
+    assert snapshot(db_path) == before
+
+
 def test_close_paid_payment_is_refused(client: TestClient) -> None:
     pid = create(client)["payment_id"]
     client.post(f"/payments/{pid}/pay")

@@ -41,8 +41,8 @@ def user(cls, placed, polled, paid=True):
     def place_order(resubmit=None):
         calls.append(["place", resubmit])
         return placed.pop(0)
-    def pay(order, f="pay"):
-        calls.append([f, order.payment_id])
+    def pay(order, f="pay", card="default"):
+        calls.append([f, order.payment_id] + ([] if card == "default" else [card]))
         return paid
     def poll(order):
         calls.append(["poll", order.order_id])
@@ -72,6 +72,21 @@ u, calls = user(lf.LatePayer, [ORDER], [])
 u.config = replace(u.config, load={**u.config.load, "late_pay_wait": 0.05})
 u.pay_too_late()
 results["late_gave_up"] = calls[-1]
+
+# the Shopper walks each path of the flow at its share; the waiting ones beside its pace
+import gevent
+for path in ("abandon", "declined", "retry", "slow_notify", "late_pay", "refund", None):
+    shares = {p: 0.0 for p in ("abandon", "declined", "late_pay", "refund", "retry",
+                               "slow_notify")}
+    if path is not None:
+        shares[path] = 1.0
+    u, calls = user(lf.Shopper, [ORDER, ORDER], ["AWAITING_PAYMENT", "CLOSED", "PAID"])
+    u.config = replace(u.config, load={**u.config.load, "paths": shares})
+    u.shop()
+    returned_with = [c[0] for c in calls]
+    gevent.joinall(u.background, timeout=10)
+    results[f"path_{path}"] = {"at_return": returned_with, "calls": calls,
+                               "background": len(u.background)}
 
 # the late pay is its own operation in the history
 lf.call = lambda *a, **k: Reply(status=200, body={"txn_id": "t-1", "status": "SUCCEEDED"})
@@ -128,6 +143,33 @@ def test_late_payer_pays_only_once_its_order_is_closed(probe: dict[str, Any]) ->
 
 def test_late_pay_is_its_own_operation_in_the_history(probe: dict[str, Any]) -> None:
     assert probe["late_pay_history"] == [["late_pay", "invoke"], ["late_pay", "ok"]]
+
+
+def test_shopper_walks_each_path_of_the_flow(probe: dict[str, Any]) -> None:
+    def calls(path: str | None) -> list[list[str]]:
+        result: list[list[str]] = probe[f"path_{path}"]["calls"]
+        return result
+
+    # the page polls until a final status (the script's second answer)
+    assert calls(None) == [["place", None], ["pay", "p-1"], ["poll", "o-1"], ["poll", "o-1"]]
+    assert calls("abandon") == [["place", None]]
+    assert calls("declined") == [["place", None], ["declined_pay", "p-1", "declined"]]
+    retry = calls("retry")
+    assert [c[0] for c in retry[:4]] == ["place", "pay", "place", "pay"]
+    assert retry[0][1] is not None and retry[2][1] == retry[0][1]  # the same key and body
+    assert calls("slow_notify")[:2] == [["place", None], ["pay", "p-1", "slow_notify"]]
+    assert calls("late_pay") == [["place", None], ["poll", "o-1"], ["poll", "o-1"],
+                                 ["late_pay", "p-1"]]
+    assert calls("refund")[-1] == ["late_pay", "p-1", "offline"]
+
+
+def test_journeys_that_wait_run_beside_the_paced_user(probe: dict[str, Any]) -> None:
+    for path in ("slow_notify", "late_pay", "refund"):
+        result = probe[f"path_{path}"]
+        assert result["at_return"] == [] and result["background"] == 1, path
+    for path in (None, "abandon", "declined", "retry"):
+        result = probe[f"path_{path}"]
+        assert result["background"] == 0 and result["at_return"], path
 
 
 def test_new_user_classes_are_off_unless_a_scenario_names_them() -> None:

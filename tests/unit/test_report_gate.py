@@ -7,6 +7,7 @@ import json
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -15,7 +16,8 @@ from chaosbed.commands import cmd_check, cmd_report
 from slos.checkers import CHECKERS
 from slos.gate import evaluate_run
 from slos.records import Records, RecordsError, load_run
-from slos.synthetic import clean_run, write_run
+from slos.synthetic import clean_run as synthetic_run
+from slos.synthetic import write_run
 
 GATE = {
     "name": "unit",
@@ -29,6 +31,11 @@ GATE = {
          "key": True},
     ],
 }
+
+
+def clean_run(n: int, **kwargs: Any) -> Records:
+    """A synthetic run that walks every path of the flow: the gate can decide on it."""
+    return synthetic_run(n, every_path=True, **kwargs)
 
 
 def slo_file(tmp_path: Path, **changes: object) -> Path:
@@ -52,7 +59,7 @@ def test_pass(tmp_path: Path) -> None:
     assert result["verdict"] == "pass" and result["exit_code"] == 0
     first = result["objectives"][0]
     assert first["measured"] == pytest.approx(0.02) and first["tier"] == "pass"
-    assert first["samples"] == 200 and first["objective"] == "p(99) < 300ms"
+    assert first["samples"] == 200 + 7 and first["objective"] == "p(99) < 300ms"  # + paths
     assert result["audit"]["verdict"] == "valid"
     assert json.loads((gate.run_dir / "audit.json").read_text())["verdict"] == "valid"
 
@@ -125,7 +132,7 @@ def test_loader_tolerates_missing_optional_files(tmp_path: Path) -> None:
     records = load_run(run)
     assert set(records.missing) == {"faults.ndjson", "run.json", "scenario.yaml",
                                     "exports/inventory.ndjson"}
-    assert len(records.orders) == 200 and not records.faults
+    assert len(records.orders) == 200 + 6 and not records.faults  # one more on each path
 
 
 def test_loader_names_the_bad_line(tmp_path: Path) -> None:

@@ -147,7 +147,7 @@ def test_throughput_payment_lag_and_confirmation() -> None:
 
 
 def test_anomaly_objective_counts_its_classes() -> None:
-    r = clean_run(20)
+    r = clean_run(20, every_path=True)
     r.orders[3].status = "AWAITING_PAYMENT"  # lost payment, orphan charge, stuck order
     money, orders = measure(
         r,
