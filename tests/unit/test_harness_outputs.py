@@ -42,7 +42,7 @@ SLO = {
 
 
 def _gate(tmp_path: Path, *, lose_payment: bool = False) -> Any:
-    records = clean_run(200, faults=[(20, 10, "latency", "order_channel")])
+    records = clean_run(200, faults=[(20, 10, "latency", "order_channel")], every_path=True)
     if lose_payment:
         records.orders[7].status = "AWAITING_PAYMENT"
     slo = tmp_path / "slo.yaml"
