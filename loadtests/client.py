@@ -1,46 +1,17 @@
-"""HTTP details of the simulated users: one call, classified the way the history needs it.
-
-A call ends in one of three ways, and the payment flow treats them differently:
-- an HTTP answer (`status` > 0) — the server decided;
-- `refused`: the connection was refused, so the request was certainly never sent;
-- `ambiguous`: timeout or reset after the request may have been sent — the server may have
-  acted on it.  Never to be reported as a failure.
+"""HTTP details of the simulated users: one call through Locust's client, classified the way the
+history needs it (loadtests/reply.py says how), and the adapter's Http over that client.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+from collections.abc import Collection
 from typing import Any
 
 from locust.contrib.fasthttp import FastHttpSession, LocustBadStatusCode
 
+from loadtests.reply import Reply, json_object
 
-@dataclass(frozen=True)
-class Reply:
-    status: int  # 0 when no HTTP answer arrived
-    body: dict[str, Any] = field(default_factory=dict)
-    transport_error: str | None = None
-    refused: bool = False
-
-    @property
-    def answered(self) -> bool:
-        return self.status > 0 and self.transport_error is None
-
-    @property
-    def ambiguous(self) -> bool:
-        """The server may have acted: no answer (and not refused), or a 5xx."""
-        if self.refused:
-            return False
-        return not self.answered or self.status >= 500
-
-    @property
-    def error(self) -> str:
-        """A short description for the history's `error` field."""
-        if self.transport_error is not None:
-            return self.transport_error
-        code = self.body.get("error")
-        return f"{self.status} {code}" if code else f"HTTP {self.status}"
+__all__ = ["LocustHttp", "Reply", "call"]
 
 
 def call(
@@ -49,15 +20,15 @@ def call(
     url: str,
     *,
     name: str,
-    traceparent: str,
+    traceparent: str | None,
     json_body: Any = None,
     data: str | None = None,
     headers: dict[str, str] | None = None,
-    expected: frozenset[int] = frozenset(),
+    expected: Collection[int] = frozenset(),
 ) -> Reply:
     """Send one request; Locust counts it failed only for transport errors, 5xx or an
     unexpected status (`expected` lists the 4xx answers that are normal business outcomes)."""
-    all_headers = {"traceparent": traceparent, **(headers or {})}
+    all_headers = {**({"traceparent": traceparent} if traceparent else {}), **(headers or {})}
     if data is not None:
         all_headers.setdefault("Content-Type", "application/json")
     with session.request(
@@ -85,7 +56,7 @@ def _classify(response: Any) -> Reply:
             transport_error=f"{type(failure).__name__}: {failure}",
             refused=isinstance(failure, ConnectionRefusedError),
         )
-    return Reply(status=int(response.status_code or 0), body=_json_object(response))
+    return Reply(status=int(response.status_code or 0), body=json_object(response.content))
 
 
 def _transport_failure(response: Any) -> BaseException | None:
@@ -101,9 +72,30 @@ def _transport_failure(response: Any) -> BaseException | None:
     return None
 
 
-def _json_object(response: Any) -> dict[str, Any]:
-    try:
-        body = json.loads(response.content or b"{}")
-    except (ValueError, TypeError):
-        return {}
-    return body if isinstance(body, dict) else {}
+class LocustHttp:
+    """The adapter's `Http` (loadtests/adapter.py) over a Locust user's client: every request is
+    counted in Locust's statistics under `name` (a path such as "/orders/[id]")."""
+
+    def __init__(self, session: FastHttpSession) -> None:
+        self.session = session
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        headers: dict[str, str] | None = None,
+        name: str | None = None,
+        expected: Collection[int] = (),
+    ) -> Reply:
+        return call(
+            self.session,
+            method,
+            path,
+            name=name or path,
+            traceparent=None,
+            json_body=json,
+            headers=headers,
+            expected=expected,
+        )

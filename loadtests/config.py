@@ -29,6 +29,8 @@ from pydantic import ValidationError
 from faults.scenario import LoadSpec
 
 DEFAULT_CHANNEL_URL = "http://127.0.0.1:8001"
+BUNDLED_ADAPTER = "loadtests.adapters.bundled:BundledAdapter"
+DEFAULT_NOTIFY_PATH = "/notifications/payment"
 DEFAULT_REQUEST_TIMEOUT_S = 5.0
 DEFAULT_LOAD_METRICS_PORT = 9646  # a hand run's client metrics (`chaosbed up --observe` scrapes it)
 
@@ -47,6 +49,12 @@ class LoadConfig:
     channel_url: str = DEFAULT_CHANNEL_URL
     notify_secret: str | None = None
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
+    # the target's adapter (loadtests/adapter.py): "module:Class" or "file.py:Class" under
+    # adapter_base_dir, with the target file's options; where forgers post notifications
+    adapter: str = BUNDLED_ADAPTER
+    adapter_options: dict[str, Any] = field(default_factory=dict)
+    adapter_base_dir: str | None = None
+    notify_path: str = DEFAULT_NOTIFY_PATH
 
     @cached_property
     def spec(self) -> LoadSpec:
@@ -71,6 +79,10 @@ class LoadConfig:
             channel_url=str(data.get("channel_url") or DEFAULT_CHANNEL_URL),
             notify_secret=data.get("notify_secret"),
             request_timeout_s=_timeout(data.get("request_timeout_s", DEFAULT_REQUEST_TIMEOUT_S)),
+            adapter=str(data.get("adapter") or BUNDLED_ADAPTER),
+            adapter_options=dict(data.get("adapter_options") or {}),
+            adapter_base_dir=data.get("adapter_base_dir"),
+            notify_path=str(data.get("notify_path") or DEFAULT_NOTIFY_PATH),
         )
 
 

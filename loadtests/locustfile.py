@@ -9,6 +9,10 @@ A hand run serves the client-side metrics on 127.0.0.1:9646 (CHAOSBED_LOAD_METRI
 to disable), where `chaosbed up --observe`'s Prometheus scrapes them (job `loadgen`).
 Request names are paths (`/orders`): Locust shows the method beside them.
 
+The journeys place and read orders through the target's adapter (loadtests/adapter.py; the
+bundled order service's is loadtests/adapters/bundled.py), never through a route of their own;
+they pay at chaosbed's channel.
+
 Every logical operation is recorded in the history (loadtests/history.py); the load shape comes
 from CHAOSBED_LOAD (loadtests/shapes.py).
 """
@@ -19,6 +23,8 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +36,10 @@ from locust import FastHttpUser, LoadTestShape, events, task
 from locust.env import Environment
 
 from faults.scenario import UserClass
-from loadtests.client import Reply, call
+from loadtests.adapter import OrderAdapter, OrderView, Result, load_adapter, result_of
+from loadtests.client import LocustHttp, call
 from loadtests.collector import CONFIG_OPTION, PROCESS, Collector
-from loadtests.config import LoadConfigError, from_env
+from loadtests.config import LoadConfig, LoadConfigError, from_env
 from loadtests.forgery import KINDS, KnownOrder, forge
 from loadtests.history import Operation
 from loadtests.shapes import Level, profile_from_load
@@ -64,6 +71,7 @@ class ChaosbedUser(FastHttpUser):
         self.process = f"{PROCESS.node}:{self.index}"
         self.rng = PROCESS.user_rng(self.index)
         self.history = PROCESS.recorder
+        self.orders = adapter_for(self.config, LocustHttp(self.client))
         self.next_due = time.monotonic() + self.rng.uniform(0, self.pace_s())
 
     def pace_s(self) -> float:
@@ -95,36 +103,34 @@ class ShoppingUser(ChaosbedUser):
         share = sum(weight_share(load.mix, name) for name in SHOPPING_CLASSES)
         return max(1.0, load.users * share) / load.rate
 
-    def place_order(
-        self, resubmit: tuple[str, dict[str, Any]] | None = None
-    ) -> dict[str, Any] | None:
-        """POST /orders; retries after a timeout, reset or 503 reuse the same idempotency key.
+    def place_order(self, resubmit: tuple[str, dict[str, Any]] | None = None) -> OrderView | None:
+        """Place an order through the adapter; retries after a timeout, reset or 5xx reuse the
+        same idempotency key.
 
         `resubmit` = (key, body) of an order placed before: the same request sent again.
         """
         key, body = resubmit or self.new_order()
         with self.history.begin("place_order", process=self.process, key=key, value=body) as op:
-            reply, done = self.with_retries(
+            result = self.with_retries(
                 op,
                 PLACE_ATTEMPTS,
-                lambda: call(
-                    self.client,
-                    "POST",
-                    "/orders",
-                    name="/orders",
+                lambda: self.orders.place_order(
+                    key=key,
+                    sku=body["sku"],
+                    qty=body["qty"],
+                    amount=body["amount"],
                     traceparent=op.traceparent,
-                    json_body=body,
-                    headers={"Idempotency-Key": key},
-                    expected=frozenset({400, 409, 422}),
                 ),
-                success=frozenset({200, 201}),
             )
-            if not done:
+            if result.type != "ok":
                 return None
-            order = reply.body
-            op.order_id = order.get("order_id")
-            op.ok({"status": order.get("status"), "payment_id": order.get("payment_id")})
-            self.remember(key, order)
+            if result.order is None:
+                op.info("the adapter answered ok without an order")
+                return None
+            order = replace(result.order, key=key)
+            op.order_id = order.order_id
+            op.ok({"status": order.status, "payment_id": order.payment_id})
+            self.remember(order)
             return order
 
     def new_order(self) -> tuple[str, dict[str, Any]]:
@@ -137,73 +143,69 @@ class ShoppingUser(ChaosbedUser):
         self.journeys += 1
         return f"k-{self.history.node}-{self.history.nonce}-{self.index}-{self.journeys}", body
 
-    def pay(self, order: dict[str, Any], f: str = "pay") -> bool | None:
-        """Pay in the wallet: True paid, False certainly not charged, None unknown.
+    def pay(self, order: OrderView, f: str = "pay") -> bool | None:
+        """Pay in the wallet at chaosbed's channel: True paid, False certainly not charged,
+        None unknown.
 
         `f` names the operation in the history: `late_pay` for a payment of a closed order.
         """
-        payment_id = order.get("payment_id")
+        payment_id = order.payment_id
         url = f"{self.config.channel_url}/payments/{payment_id}/pay"
-        key, order_id = order.get("idempotency_key"), order.get("order_id")
+        key, order_id = order.key, order.order_id
         with self.history.begin(f, process=self.process, key=key, order_id=order_id) as op:
-            reply, done = self.with_retries(
+            result = self.with_retries(
                 op,
                 PAY_ATTEMPTS,
-                lambda: call(
-                    self.client,
-                    "POST",
-                    url,
-                    name="/payments/[id]/pay",
-                    traceparent=op.traceparent,
-                    json_body={},
-                    expected=frozenset({402, 404, 409}),
+                lambda: result_of(
+                    call(
+                        self.client,
+                        "POST",
+                        url,
+                        name="/payments/[id]/pay",
+                        traceparent=op.traceparent,
+                        json_body={},
+                        expected=frozenset({402, 404, 409}),
+                    ),
+                    success=(200,),
                 ),
-                success=frozenset({200}),
             )
-            if not done:
-                return done
-            txn_id = str(reply.body.get("txn_id"))
+            if result.type != "ok":
+                return False if result.type == "fail" else None
+            txn_id = str(result.body.get("txn_id"))
             op.ok({"payment_id": payment_id, "txn_id": txn_id})
             PROCESS.known_orders.paid(str(order_id), txn_id)
             return True
 
-    def with_retries(
-        self,
-        op: Operation,
-        attempts: int,
-        send: Callable[[], Reply],
-        *,
-        success: frozenset[int],
-    ) -> tuple[Reply, bool | None]:
-        """Send until a `success` status, a definite refusal, or `attempts` run out.
+    def with_retries(self, op: Operation, attempts: int, send: Callable[[], Result]) -> Result:
+        """Send until ok, a definite refusal, or `attempts` run out.
 
-        Returns the last reply and True (success: the caller records it), False (certainly
-        not done: recorded as fail) or None (maybe done, e.g. a timeout: recorded as info).
-        Every retry reuses the request as built by `send` (same idempotency key).
+        Returns ok (the caller records it), or fail / info, already recorded: info when some
+        attempt may have been done (a timeout, a reset, a 5xx), fail when none was.  Every
+        retry reuses the request as built by `send` (same idempotency key).
         """
-        reply, maybe_done = None, False
+        result, maybe_done = None, False
         for attempt in range(attempts):
             if attempt:
                 self.backoff(attempt)
-            reply = send()
-            if reply.status in success:
-                return reply, True
-            if reply.answered and reply.status < 500:
-                op.fail(reply.error, {"http_status": reply.status})
-                return reply, False
-            maybe_done = maybe_done or reply.ambiguous
-        assert reply is not None, "attempts must be >= 1"
+            result = send()
+            if result.type == "ok":
+                return result
+            if result.type == "fail" and not result.retry:
+                op.fail(result.error, {"http_status": result.http_status})
+                return result
+            maybe_done = maybe_done or result.type == "info"
+        assert result is not None, "attempts must be >= 1"
         if maybe_done:
-            op.info(reply.error)
-            return reply, None
-        op.fail(reply.error)
-        return reply, False
+            op.info(result.error)
+            return replace(result, type="info")
+        op.fail(result.error)
+        return result
 
-    def wait_for_confirmation(self, order: dict[str, Any]) -> None:
+    def wait_for_confirmation(self, order: OrderView) -> None:
         """The "payment processing" page: poll until PAID (or final), give up after max_poll."""
         self.wait_for_final(order, self.config.spec.max_poll)
 
-    def wait_for_final(self, order: dict[str, Any], patience_s: float) -> str | None:
+    def wait_for_final(self, order: OrderView, patience_s: float) -> str | None:
         """Poll with backoff until the order is final; its last status seen."""
         give_up_at = time.monotonic() + patience_s
         delay = POLL_FIRST_S
@@ -216,34 +218,23 @@ class ShoppingUser(ChaosbedUser):
             if time.monotonic() + delay > give_up_at:
                 return status
 
-    def poll(self, order: dict[str, Any]) -> str | None:
-        order_id = order.get("order_id")
+    def poll(self, order: OrderView) -> str | None:
         with self.history.begin(
-            "poll", process=self.process, key=order.get("idempotency_key"), order_id=order_id
+            "poll", process=self.process, key=order.key, order_id=order.order_id
         ) as op:
-            reply = self.get_order(str(order_id), op.traceparent)
-            status = reply.body.get("status") if reply.status == 200 else None
-            record(op, reply, {"status": status})
+            result = self.orders.read_order(order.order_id, traceparent=op.traceparent)
+            status = result.order.status if result.type == "ok" and result.order else None
+            record(op, result, {"status": status})
             return status
 
-    def get_order(self, order_id: str, traceparent: str) -> Reply:
-        return call(
-            self.client,
-            "GET",
-            f"/orders/{order_id}",
-            name="/orders/[id]",
-            traceparent=traceparent,
-            expected=frozenset({404}),
-        )
-
-    def remember(self, key: str, order: dict[str, Any]) -> None:
-        if order.get("payment_id"):
+    def remember(self, order: OrderView) -> None:
+        if order.payment_id:
             PROCESS.known_orders.add(
                 KnownOrder(
-                    order_id=str(order["order_id"]),
-                    payment_id=str(order["payment_id"]),
-                    amount=int(order.get("amount", 0)),
-                    key=key,
+                    order_id=order.order_id,
+                    payment_id=order.payment_id,
+                    amount=order.amount or 0,
+                    key=order.key,
                 )
             )
 
@@ -256,7 +247,7 @@ class Shopper(ShoppingUser):
     @task
     def buy(self) -> None:
         order = self.place_order()
-        if order is None or order.get("status") != "AWAITING_PAYMENT":
+        if order is None or order.status != "AWAITING_PAYMENT":
             return
         paid = self.pay(order)
         if paid is False:
@@ -273,12 +264,12 @@ class ImpatientShopper(ShoppingUser):
     def buy_twice(self) -> None:
         request = self.new_order()
         order = self.place_order(resubmit=request)
-        if order is None or order.get("status") != "AWAITING_PAYMENT":
+        if order is None or order.status != "AWAITING_PAYMENT":
             return
         if self.pay(order) is False:
             return
         shown = self.place_order(resubmit=request)
-        if shown is not None and shown.get("status") == "AWAITING_PAYMENT":
+        if shown is not None and shown.status == "AWAITING_PAYMENT":
             # a correct service shows the same payment, whose second pay charges nothing
             self.pay(shown)
         self.wait_for_confirmation(order)
@@ -292,7 +283,7 @@ class LatePayer(ShoppingUser):
     @task
     def pay_too_late(self) -> None:
         order = self.place_order()
-        if order is None or order.get("status") != "AWAITING_PAYMENT":
+        if order is None or order.status != "AWAITING_PAYMENT":
             return
         if self.wait_for_final(order, self.config.spec.late_pay_wait) != "CLOSED":
             return
@@ -317,20 +308,11 @@ class Browser(ChaosbedUser):
             "browse", process=self.process, key=known.key if known else None, order_id=order_id
         ) as op:
             if order_id is None:
-                reply = call(
-                    self.client, "GET", "/healthz", name="/healthz", traceparent=op.traceparent
-                )
-                record(op, reply, {"status": None})
+                record(op, self.orders.check_health(traceparent=op.traceparent), {"status": None})
                 return
-            reply = call(
-                self.client,
-                "GET",
-                f"/orders/{order_id}",
-                name="/orders/[id]",
-                traceparent=op.traceparent,
-                expected=frozenset({404}),
-            )
-            record(op, reply, {"status": reply.body.get("status") if reply.status == 200 else None})
+            result = self.orders.read_order(order_id, traceparent=op.traceparent)
+            status = result.order.status if result.type == "ok" and result.order else None
+            record(op, result, {"status": status})
 
 
 class Forger(ChaosbedUser):
@@ -361,25 +343,38 @@ class Forger(ChaosbedUser):
             reply = call(
                 self.client,
                 "POST",
-                "/notifications/payment",
-                name="/notifications/payment (forged)",
+                self.config.notify_path,
+                name=f"{self.config.notify_path} (forged)",
                 traceparent=op.traceparent,
                 data=forgery.body.decode(),
                 headers=forgery.headers,
                 expected=frozenset({400, 401, 403, 404, 409, 422}),
             )
             # ok = the server accepted it (2xx): the audit decides whether that changed state.
-            record(op, reply, {**value, "http_status": reply.status})
+            record(op, result_of(reply), {**value, "http_status": reply.status})
 
 
-def record(op: Operation, reply: Reply, value: dict[str, Any]) -> None:
-    """Complete a single-request operation: 2xx ok, refused/4xx fail, anything unclear info."""
-    if reply.answered and reply.status < 300:
+def record(op: Operation, result: Result, value: dict[str, Any]) -> None:
+    """Complete a single-request operation as its result says (ok, fail or info)."""
+    if result.type == "ok":
         op.ok(value)
-    elif reply.refused or (reply.answered and reply.status < 500):
-        op.fail(reply.error, value)
+    elif result.type == "fail":
+        op.fail(result.error, value)
     else:
-        op.info(reply.error, value)
+        op.info(result.error, value)
+
+
+def adapter_for(config: LoadConfig, http: LocustHttp) -> OrderAdapter:
+    """A user's own adapter instance over its own Locust client."""
+    return adapter_class(config.adapter, config.adapter_base_dir)(http, config.adapter_options)
+
+
+@cache
+def adapter_class(spec: str, base_dir: str | None) -> type[OrderAdapter]:
+    try:
+        return load_adapter(spec, base_dir)
+    except ValueError as exc:
+        sys.exit(f"chaosbed load configuration: {exc}")
 
 
 # paced together toward `rate`

@@ -30,8 +30,7 @@ from locust.env import Environment
 
 lf.POLL_FIRST_S = 0.001
 lf.POLL_MAX_S = 0.001
-ORDER = {"order_id": "o-1", "idempotency_key": "k-1", "payment_id": "p-1", "amount": 500,
-         "status": "AWAITING_PAYMENT"}
+ORDER = lf.OrderView("o-1", "AWAITING_PAYMENT", "p-1", 500, key="k-1")
 results = {}
 
 def user(cls, placed, polled, paid=True):
@@ -43,20 +42,20 @@ def user(cls, placed, polled, paid=True):
         calls.append(["place", resubmit])
         return placed.pop(0)
     def pay(order, f="pay"):
-        calls.append([f, order["payment_id"]])
+        calls.append([f, order.payment_id])
         return paid
     def poll(order):
-        calls.append(["poll", order["order_id"]])
+        calls.append(["poll", order.order_id])
         return polled.pop(0) if polled else "AWAITING_PAYMENT"
     u.place_order, u.pay, u.poll = place_order, pay, poll
     return u, calls
 
 # the correct service shows the same payment; the buggy one a new one: both are paid
-for name, shown in [("same", ORDER), ("new", {**ORDER, "payment_id": "p-2"})]:
+for name, shown in [("same", ORDER), ("new", replace(ORDER, payment_id="p-2"))]:
     u, calls = user(lf.ImpatientShopper, [ORDER, shown], ["PAID"])
     u.buy_twice()
     results["impatient_" + name] = calls
-u, calls = user(lf.ImpatientShopper, [ORDER, {**ORDER, "status": "PAID"}], ["PAID"])
+u, calls = user(lf.ImpatientShopper, [ORDER, replace(ORDER, status="PAID")], ["PAID"])
 u.buy_twice()
 results["impatient_already_paid"] = calls
 u, calls = user(lf.ImpatientShopper, [ORDER], [], paid=False)

@@ -20,7 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 PROBE = r'''
-import json, socket, struct, sys
+import dataclasses, json, socket, struct, sys
 import gevent
 from gevent.server import StreamServer
 import loadtests.locustfile as lf
@@ -73,11 +73,14 @@ def shopper(host=url):
 
 ORDER = {"order_id": "o-1", "idempotency_key": "k", "payment_id": "p-1", "amount": 500,
          "status": "AWAITING_PAYMENT"}
+VIEW = lf.OrderView("o-1", "AWAITING_PAYMENT", "p-1", 500, ORDER, key="k")
 results = {}
 def case(name, actions, fn):
     script[:] = [tuple(a) for a in actions]
     seen.clear()
     returned = fn()
+    if dataclasses.is_dataclass(returned):
+        returned = dataclasses.asdict(returned)
     records = PROCESS.recorder.drain()
     results[name] = {"returned": returned, "records": records, "requests": seen[:],
                      "pairing": check_pairing(records)}
@@ -90,14 +93,14 @@ case("place_503_then_ok", [["status", 503, {"error": "dependency_unavailable"}]]
 case("place_422", [["status", 422, {"error": "idempotency_key_reused"}]],
      lambda: shopper().place_order())
 case("pay_declined", [["status", 402, {"error": "payment_declined"}]],
-     lambda: shopper().pay(ORDER))
+     lambda: shopper().pay(VIEW))
 case("pay_reset_then_ok", [["reset"], ["status", 200, {"txn_id": "t-1", "status": "SUCCEEDED"}]],
-     lambda: shopper().pay(ORDER))
+     lambda: shopper().pay(VIEW))
 case("poll_paid", [["status", 200, {**ORDER, "status": "PAID"}]],
-     lambda: shopper().poll(ORDER))
+     lambda: shopper().poll(VIEW))
 PAID = {**ORDER, "status": "PAID"}
 case("wait_until_paid", [["status", 200, ORDER]] * 2 + [["status", 200, PAID]],
-     lambda: shopper().wait_for_confirmation(ORDER))
+     lambda: shopper().wait_for_confirmation(VIEW))
 PROCESS.known_orders.add(lf.KnownOrder("o-1", "p-1", 500, key="k"))
 def forger():
     lf.Forger.host = url
