@@ -25,6 +25,8 @@ import uvicorn
 from aiohttp import web
 
 from examples.shop import shop
+from examples.shop.adapter import STATUSES, ShopAdapter
+from loadtests.adapter import KNOWN_STATUSES, PlainHttp, Result
 from services.channel.app import create_app as channel_app
 from services.common.settings import Settings
 from services.common.signing import SIGNATURE_HEADER, sign
@@ -35,6 +37,7 @@ pytestmark = pytest.mark.anyio
 SECRET = "shop-test-secret"
 ADMIN = "shop-test-admin"
 ROOT = Path(__file__).resolve().parents[2]
+TRACE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
 @pytest.fixture
@@ -442,3 +445,49 @@ def test_the_shop_imports_nothing_of_chaosbed() -> None:
     ours = {p.parent.name for p in ROOT.glob("*/__init__.py")}
     assert imported & ours == set()
     assert "aiohttp" in imported and "sqlite3" in imported
+
+
+# --- the adapter, against the real shop ----------------------------------------------------
+
+
+async def test_the_adapter_maps_the_shop_onto_chaosbeds_operations(tmp_path: Path) -> None:
+    async with rig(tmp_path) as r:
+        adapter = ShopAdapter(PlainHttp(r.url), {"health_path": "/health"})
+
+        def place(key: str, sku: str = "sku-1", qty: int = 1) -> Result:
+            return adapter.place_order(key=key, sku=sku, qty=qty, amount=700, traceparent=TRACE)
+
+        placed = await asyncio.to_thread(place, "key-1")
+        assert placed.type == "ok" and placed.order is not None, placed
+        assert (placed.order.status, placed.order.amount) == ("AWAITING_PAYMENT", 700)
+        assert placed.order.payment_id == (await r.order(placed.order.order_id))["payment_id"]
+        again = await asyncio.to_thread(place, "key-1")
+        assert again.order is not None and again.order.order_id == placed.order.order_id
+        reused = await asyncio.to_thread(place, "key-1", qty=2)
+        assert (reused.type, reused.http_status) == ("fail", 409)
+        sold_out = [await asyncio.to_thread(place, f"key-s{i}", "sku-2") for i in range(2)]
+        assert [s.order.status for s in sold_out if s.order] == ["AWAITING_PAYMENT", "REJECTED"]
+
+        await r.pay(placed.order.payment_id or "")
+        await r.state_is(placed.order.order_id, "paid")
+        read = await asyncio.to_thread(adapter.read_order, placed.order.order_id)
+        assert read.order is not None and read.order.status == "PAID"
+        missing = await asyncio.to_thread(adapter.read_order, "shop-nope")
+        assert (missing.type, missing.http_status) == ("fail", 404)
+        health = await asyncio.to_thread(adapter.check_health)
+        assert health.type == "ok"
+
+
+async def test_the_adapter_answers_info_when_the_shop_cannot_tell(tmp_path: Path) -> None:
+    async with rig(tmp_path, inventory_url="http://127.0.0.1:9") as r:
+        adapter = ShopAdapter(PlainHttp(r.url), {})
+        result = await asyncio.to_thread(
+            adapter.place_order, key="key-1", sku="sku-1", qty=1, amount=700
+        )
+        assert (result.type, result.http_status) == ("info", 503)
+
+
+def test_every_shop_state_has_a_chaosbed_status() -> None:
+    states = {shop.NEW, shop.AWAITING, *shop.FINAL}
+    assert set(STATUSES) == states
+    assert {STATUSES[s] for s in shop.FINAL} <= KNOWN_STATUSES
