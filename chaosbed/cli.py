@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--observe", action="store_true", help="also start Prometheus and Jaeger")
     up.add_argument("--runs-dir", default="runs", help="where the run directory is created")
     up.add_argument("--bugs", default="", help="planted bugs to switch on (comma separated)")
+    up.add_argument("--target", help="the order service under test: targets/NAME.yaml or a path")
 
     run = sub.add_parser("run", help="run a chaos scenario and (with --slo) gate on it")
     run.add_argument("scenario", help="scenario name (faults/scenarios/NAME.yaml) or a path")
@@ -43,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--observe", action="store_true", help="also start Prometheus and Jaeger")
     run.add_argument("--runs-dir", default="runs", help="where the run directory is created")
     run.add_argument("--bugs", default="", help="planted bugs to switch on (comma separated)")
+    run.add_argument(
+        "--target", help="the order service under test: targets/NAME.yaml or a path (bundled)"
+    )
 
     faults = sub.add_parser(
         "faults", help="run a scenario's fault timeline (no load) against an attached stack"
@@ -65,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--baseline", help="a previous run directory to compare against")
 
     sub.add_parser("scenarios", help="list the shipped scenarios")
+    targets = sub.add_parser("targets", help="list the order services under test (targets/)")
+    targets.add_argument("paths", nargs="*", help="more target files to check and list")
     sub.add_parser("dashboards", help="regenerate the Grafana dashboard JSON")
     return parser
 
@@ -74,6 +80,7 @@ COMMANDS = {
     "run": commands.cmd_run,
     "faults": commands.cmd_faults,
     "scenarios": commands.cmd_scenarios,
+    "targets": commands.cmd_targets,
     "check": commands.cmd_check,
     "report": commands.cmd_report,
     "dashboards": commands.cmd_dashboards,

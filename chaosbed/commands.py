@@ -12,6 +12,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from chaosbed import proc
 from chaosbed.exits import EXIT_HARNESS, EXIT_USAGE
@@ -40,6 +41,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     try:
         bugs = sorted(parse_bugs(args.bugs or ""))
+        target = _target(getattr(args, "target", None))
         run_dir = rundir.create_run_dir(args.runs_dir, "up")
     except ValueError as exc:
         print(f"chaosbed up: {exc}", file=sys.stderr)
@@ -54,7 +56,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     }
     try:
         try:
-            stack = Stack.start(run_dir, bugs=bugs, observe=bool(args.observe))
+            stack = Stack.start(run_dir, bugs=bugs, observe=bool(args.observe), target=target)
         except (StackError, binaries.MissingBinary, process.ProcessError, ValueError) as exc:
             first_line = str(exc).splitlines()[0]
             print(f"chaosbed up: stack did not start: {first_line}", file=sys.stderr)
@@ -90,6 +92,35 @@ def cmd_scenarios(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_targets(args: argparse.Namespace) -> int:
+    """`chaosbed targets [PATH...]`: every shipped target and the given files, one line each."""
+    from loadtests.target import TargetError, list_targets
+
+    try:
+        targets = list_targets(tuple(getattr(args, "paths", None) or ()))
+    except TargetError as exc:
+        print(f"chaosbed targets: {exc}", file=sys.stderr)
+        return EXIT_HARNESS
+    width = max((len(t.name) for t in targets), default=0)
+    for target in targets:
+        audit = "full audit" if target.export else "black-box"
+        print(f"{target.name:<{width}}  [{audit}]  {target.description}")
+    return 0
+
+
+def _target(name_or_path: str | None) -> Any:
+    """The --target file loaded and its adapter importable, or None (the bundled service);
+    raises ValueError naming the problem."""
+    if not name_or_path:
+        return None
+    from loadtests.adapter import load_adapter
+    from loadtests.target import load_target
+
+    target = load_target(in_repo(name_or_path) if "/" in name_or_path else name_or_path)
+    load_adapter(target.adapter, target.base_dir)
+    return target
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """`chaosbed run`: every input is checked here, before anything starts."""
     from chaosbed.run import RunPipeline, say
@@ -123,6 +154,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if attach is not None and not attach.is_file():
         say(f"--attach {attach}: no such stack.json")
         return EXIT_HARNESS
+    try:
+        target = _target(getattr(args, "target", None))
+    except ValueError as exc:
+        say(f"bad target: {exc}")
+        return EXIT_HARNESS
+    if target is not None and attach is not None:
+        say("--target and --attach: an attached stack already has its order service")
+        return EXIT_USAGE
 
     pipeline = RunPipeline(
         scenario,
@@ -134,6 +173,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         baseline=baseline,
         attach=attach,
         observe=bool(args.observe),
+        target=target,
     )
     return pipeline.execute()
 

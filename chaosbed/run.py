@@ -34,6 +34,7 @@ from faults.drivers import StackDriver
 from faults.scenario import Scenario
 from faults.scheduler import Outcome, Scheduler
 from loadtests.runner import locust_command
+from loadtests.target import Target
 
 SERVICES = ("order", "channel", "inventory")
 
@@ -99,6 +100,7 @@ class RunPipeline:
         baseline: Path | None,
         attach: Path | None,
         observe: bool,
+        target: Target | None = None,
     ) -> None:
         self.scenario = scenario
         self.scenario_text = scenario_text
@@ -109,6 +111,7 @@ class RunPipeline:
         self.baseline = baseline
         self.attach = attach
         self.observe = observe
+        self.target = target  # None: the bundled order service
         self.run_dir: Path | None = None
         self.meta: dict[str, Any] = {}
         self.stack: Stack | None = None
@@ -141,6 +144,7 @@ class RunPipeline:
             "workers": self.workers,
             "baseline": str(self.baseline) if self.baseline else None,
             "attached": str(self.attach) if self.attach else None,
+            "target": self.target.name if self.target else None,
             "status": "running",
             "error": None,
             **build_identity(),
@@ -203,6 +207,7 @@ class RunPipeline:
                 },
                 seed_stock=dict(self.scenario.load.skus),
                 observe=self.observe,
+                target=self.target,
             )
         stack = self.stack
         self.metrics.declare(self.scenario.fault_targets())

@@ -3,6 +3,11 @@
 `Stack.start(run_dir)` brings everything up on ephemeral loopback ports and returns a
 handle the tests, the fault scheduler and `chaosbed up` use to reach, break and stop
 it.  `Stack.attach(stack_json)` controls a stack another process started.
+
+With `target=` (a `loadtests.target.Target`) the order service is the target's: a process
+started from its command (own process group, log `order.log` in the run directory, stopped
+with the stack) or one already running at its URL; either way `client_order` and
+`channel_notify` lead to it and the service is still called "order" (faults name it so).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import rundir
 from chaosbed import binaries, proc
 from faults import process
 from faults.toxiproxy import ProxySpec, Toxiproxy, ToxiproxyError
+from loadtests.target import Target, render
 from services.common.bugs import parse_bugs
 
 SERVICES = ("inventory", "channel", "order")  # start order: dependencies first
@@ -128,8 +134,11 @@ class Stack(rundir.Closing):
         seed_stock: Mapping[str, int] | None = None,
         direct: bool = False,
         observe: bool = False,
+        target: Target | None = None,
     ) -> Stack:
-        """Start Toxiproxy (unless `direct`), the proxies and the services; write stack.json."""
+        """Start Toxiproxy (unless `direct`), the proxies and the services; write stack.json.
+
+        `target`: the order service under test (default: the bundled one, as ever)."""
         bug_names = sorted(parse_bugs(",".join(bugs)))
         stock = dict(DEFAULT_SEED_STOCK if seed_stock is None else seed_stock)
         for sku, qty in stock.items():
@@ -161,7 +170,18 @@ class Stack(rundir.Closing):
             },
             "proxies": {},
             "observe": {},
+            "target": None,
         }
+        if target is not None:
+            info["target"] = _target_info(target)
+            if target.url is not None:
+                host_port = target.url.split("://", 1)[1]
+                info["services"]["order"].update(
+                    url=target.url, port=int(host_port.rsplit(":", 1)[1]), db=None
+                )
+            else:
+                (run_dir / "order").mkdir(mode=rundir.RUN_DIR_MODE, exist_ok=True)
+                info["services"]["order"]["db"] = str(run_dir / "order")
         stack = cls(info, owned=True)
         _live_stacks.add(stack)
         try:
@@ -180,8 +200,15 @@ class Stack(rundir.Closing):
         else:
             self._start_toxiproxy()
             links = {proxy: spec["url"] for proxy, spec in info["proxies"].items()}
+        target = info.get("target")
         for name in SERVICES:
             svc = info["services"][name]
+            if name == "order" and target is not None:
+                if not target["started"]:
+                    continue  # already running elsewhere: nothing to start
+                own = {k: render(v, self._placeholders(links)) for k, v in target["env"].items()}
+                self._service_envs[name] = {**own, **overrides}
+                continue
             self._service_envs[name] = {
                 **_service_env(
                     name,
@@ -195,16 +222,45 @@ class Stack(rundir.Closing):
                 ),
                 **overrides,
             }
+            if name == "channel" and target is not None:
+                notify = links["channel_notify"] + target["notify_path"]
+                self._service_envs[name]["CHAOSBED_NOTIFY_URL"] = notify
         if observe:
             self._start_observers()
         # lets an attached controller restart a service exactly as it was started
         info["service_env"] = self._service_envs
-        for name in SERVICES:
+        if target is not None and target["started"]:
+            values = self._placeholders(links)
+            info["service_cmd"] = {
+                "order": {
+                    "argv": [render(part, values) for part in target["command"]],
+                    "cwd": render(target["cwd"], values),
+                }
+            }
+        for name in self._service_envs:
             self._spawn(name)
         for name in SERVICES:
             self._wait_healthy(name)
         self._seed_stock()
         self._write()
+
+    def _placeholders(self, links: Mapping[str, str]) -> dict[str, str]:
+        """What a target's templates may use (loadtests/target.py PLACEHOLDERS)."""
+        info = self._info
+        target = info["target"]
+        return {
+            "channel": links["order_channel"],
+            "inventory": links["order_inventory"],
+            "notify_secret": info["notify_secret"],
+            "admin_token": info["admin_token"],
+            "port": str(info["services"]["order"]["port"]),
+            "db_dir": str(info["services"]["order"]["db"]),
+            "run_dir": info["run_dir"],
+            "python": sys.executable,
+            "repo": str(proc.PROJECT_ROOT),
+            "target_dir": target["dir"],
+            "bugs": ",".join(info["bugs"]),
+        }
 
     def _start_toxiproxy(self) -> None:
         run_dir = Path(self._info["run_dir"])
@@ -229,7 +285,7 @@ class Stack(rundir.Closing):
         except proc.NotReady as exc:
             raise StackError(f"{exc}; last lines of {log}:\n{process.log_tail(log)}") from exc
         specs = [
-            ProxySpec(name, upstream=f"127.0.0.1:{self._info['services'][target]['port']}")
+            ProxySpec(name, upstream=self._info["services"][target]["url"].split("://", 1)[1])
             for name, (_, target) in PROXIES.items()
         ]
         try:
@@ -260,21 +316,27 @@ class Stack(rundir.Closing):
             raise StackError(f"observers did not start: {exc}") from exc
         self._observers = observers
         self._info["observe"] = observers.info()
-        for name in SERVICES:
+        for name in self._service_envs:
             extra = observers.service_env(name)
             self._service_envs[name] = {**extra, **self._service_envs[name]}
 
     def _spawn(self, name: str) -> None:
         svc = self._info["services"][name]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self._service_envs[name]}
-        child = process.Child(
-            [sys.executable, "-m", f"services.{name}"],
-            env=env,
-            log_path=Path(svc["log"]),
-            cwd=proc.PROJECT_ROOT,
-            die_with_parent=self._owned,
-            name=f"services.{name}",
-        )
+        own = (self._info.get("service_cmd") or {}).get(name)
+        argv = own["argv"] if own else [sys.executable, "-m", f"services.{name}"]
+        cwd = Path(own["cwd"]) if own else proc.PROJECT_ROOT
+        try:
+            child = process.Child(
+                argv,
+                env=env,
+                log_path=Path(svc["log"]),
+                cwd=cwd,
+                die_with_parent=self._owned,
+                name=f"target {self._info['target']['name']}" if own else f"services.{name}",
+            )
+        except process.ProcessError as exc:
+            raise StackError(f"{name}: {exc} (cwd {cwd})") from exc
         with self._lock:
             self._children[name] = child
             svc["pid"] = child.pid
@@ -282,14 +344,19 @@ class Stack(rundir.Closing):
     def _wait_healthy(self, name: str, timeout_s: float = HEALTH_TIMEOUT_S) -> None:
         svc = self._info["services"][name]
         log = Path(svc["log"])
+        target = self._info.get("target") if name == "order" else None
+        health = target["health"] if target else "/healthz"
+        if target:
+            timeout_s = max(timeout_s, float(target["startup_timeout"]))
+        what = f"target {target['name']}" if target else f"service {name}"
         with httpx.Client(timeout=1.0) as client:
+            probe = proc.http_probe(client, svc["url"] + health)
+            if name not in self._children:  # a target already running at its URL
+                if probe() is not None:
+                    raise StackError(f"{what} at {svc['url']}{health} does not answer: {probe()}")
+                return
             try:
-                proc.wait_ready(
-                    self._children[name],
-                    proc.http_probe(client, svc["url"] + "/healthz"),
-                    timeout_s,
-                    what=f"service {name}",
-                )
+                proc.wait_ready(self._children[name], probe, timeout_s, what=what)
             except proc.NotReady as exc:
                 raise StackError(f"{exc}; last lines of {log}:\n{process.log_tail(log)}") from exc
 
@@ -334,7 +401,7 @@ class Stack(rundir.Closing):
                 child.stop(STOP_GRACE_S)
             # a controller attached to this stack may have restarted it under a new pid
             recorded = self._recorded_pid(name)
-            if recorded and (child is None or recorded != child.pid) and _is_service(
+            if recorded and (child is None or recorded != child.pid) and self._is_ours(
                 recorded, name
             ):
                 process.stop_pid(recorded, STOP_GRACE_S)
@@ -347,6 +414,10 @@ class Stack(rundir.Closing):
             self._toxiproxy.close()
         if self._toxiproxy_child is not None:
             self._toxiproxy_child.stop(STOP_GRACE_S)
+
+    def _is_ours(self, pid: int, name: str) -> bool:
+        own = (self._info.get("service_cmd") or {}).get(name)
+        return _runs(pid, own["argv"][-1] if own else f"services.{name}")
 
     def _recorded_pid(self, name: str) -> int | None:
         try:
@@ -422,6 +493,12 @@ class Stack(rundir.Closing):
     def pid(self, service: str) -> int:
         pid = self._service(service)["pid"]
         if not pid:
+            target = self._info.get("target")
+            if service == "order" and target and not target["started"]:
+                raise StackError(
+                    f"target {target['name']} runs at {target['url']}, not started by chaosbed: "
+                    "process faults cannot reach it"
+                )
             raise StackError(f"service {service} has no process")
         return int(pid)
 
@@ -477,12 +554,22 @@ class Stack(rundir.Closing):
 
     def pause(self, service: str) -> None:
         """SIGSTOP: the process keeps its sockets but answers nothing."""
-        if not process.signal_pid(self.pid(service), signal.SIGSTOP):
+        if not self._signal(service, signal.SIGSTOP):
             raise StackError(f"service {service} is not running")
 
     def resume(self, service: str) -> None:
-        if not process.signal_pid(self.pid(service), signal.SIGCONT):
+        if not self._signal(service, signal.SIGCONT):
             raise StackError(f"service {service} is not running")
+
+    def _signal(self, service: str, sig: signal.Signals) -> bool:
+        """Signal a service; a child of ours as a whole process group (a target's command
+        may be a wrapper around the server)."""
+        pid = self.pid(service)
+        child = self._children.get(service)
+        if child is not None and child.pid == pid and child.running():
+            child.signal(sig)
+            return True
+        return process.signal_pid(pid, sig)
 
     # --- records ------------------------------------------------------------------
 
@@ -500,13 +587,33 @@ class Stack(rundir.Closing):
         return [json.loads(line) for line in response.text.splitlines() if line.strip()]
 
 
-def _is_service(pid: int, name: str) -> bool:
-    """True when `pid` runs `python -m services.<name>` (guards against pid reuse)."""
+def _runs(pid: int, marker: str) -> bool:
+    """True when `pid`'s command line has the argument `marker` (guards against pid reuse)."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return f"services.{name}".encode() in cmdline
+    return marker.encode() in cmdline
+
+
+def _target_info(target: Target) -> dict[str, Any]:
+    """The target as stack.json records it: attached controllers and Locust read it there."""
+    return {
+        "name": target.name,
+        "file": target.source,
+        "dir": target.base_dir,
+        "started": target.started,
+        "url": target.url,
+        "command": list(target.start.command) if target.start else None,
+        "cwd": target.start.cwd if target.start else None,
+        "env": dict(target.start.env) if target.start else {},
+        "health": target.health,
+        "startup_timeout": target.startup_timeout,
+        "notify_path": target.notify_path,
+        "adapter": target.adapter,
+        "options": dict(target.options),
+        "export": target.export,
+    }
 
 
 def describe(stack: Stack) -> str:

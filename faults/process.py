@@ -114,6 +114,10 @@ class Child:
     def running(self) -> bool:
         return self.popen.poll() is None
 
+    def signal(self, sig: signal.Signals) -> None:
+        """Send `sig` to the whole session (the child and anything it started)."""
+        _signal_group(self.pid, sig)
+
     def kill(self) -> None:
         """SIGKILL the whole session and reap."""
         _signal_group(self.pid, signal.SIGKILL)

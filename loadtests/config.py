@@ -3,8 +3,11 @@ where the stack is, and where to write the history — read once from the enviro
 
 Environment (all optional, so plain `locust -f loadtests/locustfile.py --host URL` works):
 - `CHAOSBED_LOAD`: JSON, the scenario's `load` section plus `duration_s` and `seed`.
-- `CHAOSBED_STACK_JSON`: path of a stack's `stack.json` (channel URL, notify secret).
-- `CHAOSBED_CHANNEL_URL`: the channel as the shopper sees it (overrides stack.json).
+- `CHAOSBED_STACK_JSON`: path of a stack's `stack.json` (channel URL, notify secret, target).
+- `CHAOSBED_CHANNEL_URL`: the channel as the shopper sees it (overrides stack.json).  With
+  neither, a Locust run refuses to start: there is no default channel address.
+- `CHAOSBED_TARGET`: a target name or file (targets/NAME.yaml, loadtests/target.py) whose
+  adapter the journeys use (overrides stack.json's target; default: the bundled service).
 - `CHAOSBED_NOTIFY_SECRET`: lets forgers sign stale / replayed notifications with the real key.
 - `CHAOSBED_HISTORY`, `CHAOSBED_PROGRESS`: files the master writes (none when unset).
 - `CHAOSBED_LOAD_METRICS_PORT`: serve client-side Prometheus metrics on PORT (`off`: not at
@@ -28,7 +31,6 @@ from pydantic import ValidationError
 
 from faults.scenario import LoadSpec
 
-DEFAULT_CHANNEL_URL = "http://127.0.0.1:8001"
 BUNDLED_ADAPTER = "loadtests.adapters.bundled:BundledAdapter"
 DEFAULT_NOTIFY_PATH = "/notifications/payment"
 DEFAULT_REQUEST_TIMEOUT_S = 5.0
@@ -46,7 +48,7 @@ class LoadConfig:
     load: dict[str, Any] = field(default_factory=lambda: LoadSpec().model_dump(exclude_none=True))
     duration_s: float | None = None
     seed: int = 0
-    channel_url: str = DEFAULT_CHANNEL_URL
+    channel_url: str = ""  # unknown: a Locust run refuses to start (locustfile.py)
     notify_secret: str | None = None
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
     # the target's adapter (loadtests/adapter.py): "module:Class" or "file.py:Class" under
@@ -76,7 +78,7 @@ class LoadConfig:
             load=parse_load(data.get("load", {})),
             duration_s=_duration(data.get("duration_s")),
             seed=_seed(data.get("seed", 0)),
-            channel_url=str(data.get("channel_url") or DEFAULT_CHANNEL_URL),
+            channel_url=str(data.get("channel_url") or ""),
             notify_secret=data.get("notify_secret"),
             request_timeout_s=_timeout(data.get("request_timeout_s", DEFAULT_REQUEST_TIMEOUT_S)),
             adapter=str(data.get("adapter") or BUNDLED_ADAPTER),
@@ -129,12 +131,39 @@ def from_env(env: Mapping[str, str] | None = None) -> LoadConfig:
         load=parse_load(raw),
         duration_s=duration_s,
         seed=seed,
-        channel_url=(channel_url or DEFAULT_CHANNEL_URL).rstrip("/"),
+        channel_url=(channel_url or "").rstrip("/"),
         notify_secret=env.get("CHAOSBED_NOTIFY_SECRET") or stack.get("notify_secret") or None,
         request_timeout_s=_timeout(
             env.get("CHAOSBED_REQUEST_TIMEOUT_S", DEFAULT_REQUEST_TIMEOUT_S)
         ),
+        **_target_fields(env.get("CHAOSBED_TARGET"), stack),
     )
+
+
+def _target_fields(name_or_path: str | None, stack: Mapping[str, Any]) -> dict[str, Any]:
+    """The adapter settings of the target: CHAOSBED_TARGET's file, else stack.json's target."""
+    if name_or_path:
+        from loadtests.target import TargetError, load_target
+
+        try:
+            target = load_target(name_or_path)
+        except TargetError as exc:
+            raise LoadConfigError(f"CHAOSBED_TARGET: {exc}") from None
+        return {
+            "adapter": target.adapter,
+            "adapter_options": dict(target.options),
+            "adapter_base_dir": target.base_dir,
+            "notify_path": target.notify_path,
+        }
+    recorded = stack.get("target")
+    if not isinstance(recorded, Mapping):
+        return {}
+    return {
+        "adapter": str(recorded.get("adapter") or BUNDLED_ADAPTER),
+        "adapter_options": dict(recorded.get("options") or {}),
+        "adapter_base_dir": recorded.get("dir"),
+        "notify_path": str(recorded.get("notify_path") or DEFAULT_NOTIFY_PATH),
+    }
 
 
 def _stack_info(path: str | None) -> dict[str, Any]:

@@ -2,8 +2,11 @@
 
 Run by `chaosbed run` (see loadtests/runner.py) or by hand against a running stack:
 
+    CHAOSBED_STACK_JSON=RUN_DIR/stack.json \
     locust -f loadtests/locustfile.py --host http://127.0.0.1:ORDER_PROXY_PORT -u 10 -r 5 -t 60s
-    CHAOSBED_CHANNEL_URL=http://127.0.0.1:CHANNEL_PROXY_PORT  (or CHAOSBED_STACK_JSON=stack.json)
+
+(or CHAOSBED_CHANNEL_URL=http://127.0.0.1:CHANNEL_PROXY_PORT; without either it refuses to
+start; CHAOSBED_TARGET=NAME|FILE picks the target's adapter when stack.json does not say).
 
 A hand run serves the client-side metrics on 127.0.0.1:9646 (CHAOSBED_LOAD_METRICS_PORT, `off`
 to disable), where `chaosbed up --observe`'s Prometheus scrapes them (job `loadgen`).
@@ -414,6 +417,16 @@ def _add_options(parser: Any, **_: Any) -> None:
     )
 
 
+NO_CHANNEL = (
+    "chaosbed load: where is the channel? set CHAOSBED_STACK_JSON=RUN_DIR/stack.json "
+    "(chaosbed up prints it) or CHAOSBED_CHANNEL_URL=http://HOST:PORT (its client_channel proxy)"
+)
+
+
 @events.init.add_listener
 def _install(environment: Environment, **_: Any) -> None:
+    options = environment.parsed_options
+    if not PROCESS.config.channel_url and not getattr(options, "worker", False):
+        raise SystemExit(NO_CHANNEL)  # every pay would fail (ConnectionRefused): refuse instead
+    adapter_class(PROCESS.config.adapter, PROCESS.config.adapter_base_dir)  # fails early
     Collector(environment, PROCESS.config)
