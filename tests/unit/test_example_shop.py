@@ -12,7 +12,10 @@ import ast
 import asyncio
 import contextlib
 import json
+import shlex
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -26,7 +29,8 @@ from aiohttp import web
 
 from examples.shop import shop
 from examples.shop.adapter import STATUSES, ShopAdapter
-from loadtests.adapter import KNOWN_STATUSES, PlainHttp, Result
+from loadtests.adapter import KNOWN_STATUSES, PlainHttp, Result, load_adapter
+from loadtests.target import load_target, render
 from services.channel.app import create_app as channel_app
 from services.common.settings import Settings
 from services.common.signing import SIGNATURE_HEADER, sign
@@ -491,3 +495,59 @@ def test_every_shop_state_has_a_chaosbed_status() -> None:
     states = {shop.NEW, shop.AWAITING, *shop.FINAL}
     assert set(STATUSES) == states
     assert {STATUSES[s] for s in shop.FINAL} <= KNOWN_STATUSES
+
+
+# --- the target file -----------------------------------------------------------------------
+
+
+def test_chaosbed_targets_lists_the_example_beside_bundled() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "chaosbed", "targets"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    names = [line.split()[0] for line in done.stdout.splitlines() if line.strip()]
+    assert {"bundled", "example-shop"} <= set(names)
+
+
+def test_the_target_file_starts_the_shop_with_the_scenarios_timings(tmp_path: Path) -> None:
+    target = load_target(ROOT / "examples/shop/target.yaml")
+    assert (target.started, target.export, target.notify_path) == (True, False, "/hooks/payment")
+    assert load_adapter(target.adapter, target.base_dir).__name__ == "ShopAdapter"
+    assert target.start is not None
+    values = {"python": sys.executable, "target_dir": str(ROOT / "examples/shop")}
+    argv = [render(part, values) for part in target.start.command]
+    env = {
+        **{
+            name: render(
+                value,
+                {
+                    **values,
+                    "port": "1",
+                    "db_dir": str(tmp_path),
+                    "channel": "http://c",
+                    "inventory": "http://i",
+                    "notify_secret": "s",
+                },
+            )
+            for name, value in target.start.env.items()
+        },
+        "CHAOSBED_QUERY_AFTER_S": "1.5",  # as a scenario's `services:` passes them
+        "CHAOSBED_CLOSE_AFTER_S": "7",
+        "PATH": "/usr/bin:/bin",
+    }
+    # the same command, with the shop swapped for a script printing what it was given
+    probe = "import os; print(os.environ['SHOP_QUERY_AFTER_S'], os.environ['SHOP_CLOSE_AFTER_S'])"
+    argv = [part.replace("shop.py", "-c " + shlex.quote(probe)) for part in argv]
+    done = subprocess.run(
+        argv, cwd=ROOT / "examples/shop", env=env, capture_output=True, text=True, check=False
+    )
+    assert (done.returncode, done.stdout.split()) == (0, ["1.5", "7"]), done.stderr
+    defaults = {k: v for k, v in env.items() if not k.startswith("CHAOSBED_")}
+    done = subprocess.run(
+        argv, cwd=ROOT / "examples/shop", env=defaults, capture_output=True, text=True, check=False
+    )
+    assert done.stdout.split() == ["2", "10"], done.stderr
