@@ -13,11 +13,12 @@ Run alone: `python -m benchmarks.bench_gate`.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,17 +59,33 @@ class GateRun:
         return all(self.caught(EXPECTED_CLASSES[bug]) for bug in self.bugs)
 
 
-def run_gate(bugs: Sequence[str], runs_dir: Path, *, timeout_s: float = RUN_TIMEOUT_S) -> GateRun:
-    """`chaosbed run gate-selftest --slo slos/smoke.yaml [--bugs ...]` as a subprocess."""
+def run_gate(
+    bugs: Sequence[str],
+    runs_dir: Path,
+    *,
+    timeout_s: float = RUN_TIMEOUT_S,
+    target: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> GateRun:
+    """`chaosbed run gate-selftest --slo slos/smoke.yaml [--bugs ...] [--target FILE]` as a
+    subprocess; `env` is added to its environment (a target's own bug switch, for one)."""
     runs_dir.mkdir(parents=True, exist_ok=True)
     before = set(runs_dir.iterdir())
     command = [sys.executable, "-m", "chaosbed", "run", SCENARIO, "--slo", str(SLO),
                "--runs-dir", str(runs_dir)]
     if bugs:
         command += ["--bugs", ",".join(bugs)]
+    if target is not None:
+        command += ["--target", str(target)]
     started = time.monotonic()
     done = subprocess.run(
-        command, cwd=REPO, capture_output=True, text=True, timeout=timeout_s, check=False
+        command,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
     )
     seconds = time.monotonic() - started
     created = sorted(p for p in set(runs_dir.iterdir()) - before if p.is_dir())

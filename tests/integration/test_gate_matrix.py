@@ -5,6 +5,10 @@ Each case is one real `chaosbed run gate-selftest --slo slos/smoke.yaml` (three 
 Toxiproxy, Locust, a SIGKILL of the order service, channel misbehaviour; about 30 s), so the
 whole matrix takes a few minutes.  The scenario is built so that each bug has its chance to do
 harm (faults/scenarios/gate-selftest.yaml says which step exposes which bug).
+
+The example target (examples/shop, a service written apart from chaosbed and audited
+black-box) runs the same scenario: correct, it passes; with its own bug switch (SHOP_BUG),
+it fails on that bug's class.
 """
 
 from __future__ import annotations
@@ -15,9 +19,14 @@ from pathlib import Path
 import pytest
 
 from benchmarks.bench_gate import GateRun, run_gate
+from examples.shop import shop
 from services.common.bugs import EXPECTED_CLASSES, PLANTED_BUGS
 
 pytestmark = [pytest.mark.integration, pytest.mark.gate_matrix]
+
+# The example target (examples/shop, audited black-box) and its own bug switch (SHOP_BUG).
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "shop" / "target.yaml"
+EXAMPLE_CLASSES = {"no-query-on-timeout": "P6"}  # orphan charge (also P1)
 
 
 def _evidence(run: GateRun) -> str:
@@ -44,3 +53,24 @@ def test_a_planted_bug_fails_the_gate_on_its_class(bug: str, tmp_path: Path) -> 
 
 def test_every_planted_bug_is_in_the_matrix() -> None:
     assert set(EXPECTED_CLASSES) == set(PLANTED_BUGS)
+
+
+def test_the_example_target_passes_the_gate_selftest(tmp_path: Path) -> None:
+    run = run_gate((), tmp_path, target=EXAMPLE, env={"SHOP_BUG": ""})
+    assert run.run_dir is not None, run.output
+    assert run.exit_code == 0, _evidence(run)
+    assert run.invalid == {}, _evidence(run)
+
+
+@pytest.mark.parametrize("bug", sorted(EXAMPLE_CLASSES))
+def test_the_example_targets_bug_fails_the_gate_on_its_class(bug: str, tmp_path: Path) -> None:
+    run = run_gate((), tmp_path, target=EXAMPLE, env={"SHOP_BUG": bug})
+    assert run.run_dir is not None, run.output
+    assert f"bug {bug}" in (run.run_dir / "order.log").read_text()  # the shop really had it on
+    assert run.exit_code == 1, _evidence(run)
+    expected = EXAMPLE_CLASSES[bug]
+    assert run.invalid.get(expected, 0) >= 1, f"{bug} not caught as {expected}: " + _evidence(run)
+
+
+def test_every_example_bug_is_in_the_matrix() -> None:
+    assert set(EXAMPLE_CLASSES) == set(shop.BUGS)
