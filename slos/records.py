@@ -235,6 +235,9 @@ class Records:
     faults: list[FaultEvent] = field(default_factory=list)
     run: RunInfo = field(default_factory=lambda: RunInfo(scenario="unknown"))
     missing: list[str] = field(default_factory=list)  # optional files that were absent
+    # "full": the order service's export; "blackbox": its orders from final_read.ndjson
+    mode: str = "full"
+    undecided_orders: list[str] = field(default_factory=list)  # black-box: final read unclear
 
     def reference_time(self) -> float:
         """The audit's "now": the end of the settle window, else the latest timestamp seen."""
@@ -662,7 +665,8 @@ def _add(
 
 # --- run directory -----------------------------------------------------------
 
-REQUIRED = ("history.ndjson", "exports/channel.ndjson", "exports/order.ndjson")
+REQUIRED = ("history.ndjson", "exports/channel.ndjson")
+ORDER_EXPORT, FINAL_READ = "exports/order.ndjson", "final_read.ndjson"  # one of them is required
 OPTIONAL = ("exports/inventory.ndjson", "faults.ndjson", "run.json", "scenario.yaml")
 EXPORTS: tuple[tuple[str, Mapping[str, _Schema]], ...] = (
     ("exports/channel.ndjson", _CHANNEL),
@@ -689,6 +693,9 @@ def load_run(run_dir: Path) -> Records:
     if not run_dir.is_dir():
         raise RecordsError(f"run directory {run_dir} does not exist")
     missing_required = [name for name in REQUIRED if not (run_dir / name).is_file()]
+    blackbox = not (run_dir / ORDER_EXPORT).is_file() and (run_dir / FINAL_READ).is_file()
+    if not blackbox and not (run_dir / ORDER_EXPORT).is_file():
+        missing_required.append(f"{ORDER_EXPORT} (or {FINAL_READ})")
     if missing_required:
         raise RecordsError(f"run directory {run_dir} is missing {', '.join(missing_required)}")
     records = Records()
@@ -707,10 +714,44 @@ def load_run(run_dir: Path) -> Records:
             if path.is_file():
                 for values, numbers in _chunks(path):
                     _add(records, path, _FAULT, values, numbers, intern)
+            if blackbox:
+                path = run_dir / FINAL_READ
+                _load_final_read(records, path)
     except UnicodeDecodeError as exc:
         raise RecordsError(f"{path} is not UTF-8 text: {exc}") from None
     records.run = _run_info(run_dir)
     return records
+
+
+def _load_final_read(records: Records, path: Path) -> None:
+    """Black-box order records: each order the final read found (loadtests/final_read.py);
+    a late payment counts as refunded when the ledger refunded it and the order is CLOSED."""
+    records.mode = "blackbox"
+    for values, numbers in _chunks(path):
+        for rec, number in zip(values, numbers, strict=True):
+            try:
+                outcome, order_id = rec["outcome"], str(rec["order_id"])
+                if outcome == "info":
+                    records.undecided_orders.append(order_id)
+                    continue
+                if outcome != "ok":
+                    continue  # the target says there is no such order
+                records.orders.append(Order(
+                    order_id=order_id, idempotency_key=_opt_str(rec.get("key")),
+                    sku=_opt_str(rec.get("sku")), qty=int(rec.get("qty") or 0),
+                    amount=int(rec.get("amount") or 0), status=str(rec["status"]),
+                    payment_id=_opt_str(rec.get("payment_id")), txn_id=None,
+                    created_at=float(rec.get("created_at") or 0.0), t_paid=None, t_final=None,
+                    trace_id=_opt_str(rec.get("trace_id"))))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise RecordsError(f"{path}:{number}: bad record ({exc!r}): {rec}") from None
+    closed = {o.order_id for o in records.orders if o.status == "CLOSED"}
+    for entry in records.ledger:
+        if entry.kind == "refund" and entry.status == "succeeded" and (
+                entry.merchant_order_id in closed):
+            records.order_refunds.append(OrderRefund(
+                order_id=entry.merchant_order_id, refund_id=entry.refund_id or str(entry.seq),
+                txn_id=entry.txn_id, amount=entry.amount, t=entry.t, reason="paid_after_close"))
 
 
 def _run_info(run_dir: Path) -> RunInfo:
