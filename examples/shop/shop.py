@@ -51,6 +51,7 @@ CLOSED = "closed"  # timed out unpaid
 REJECTED = "rejected"  # out of stock, or never got its payment
 REFUNDED = "refunded"  # paid, but its stock was gone: money returned
 FINAL = (PAID, CLOSED, REJECTED, REFUNDED)
+CAUSES = {"webhook": "notify", "query": "query"}  # how a charge was learnt -> transition cause
 
 
 class ConfigError(ValueError):
@@ -72,6 +73,7 @@ class Config:
     signature_tolerance_s: float = 300.0
     reservation_ttl_s: float = 60.0
     bug: str = ""
+    admin_token: str = ""  # set: the audit export is served (chaosbed's full audit)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Config:
@@ -115,6 +117,7 @@ class Config:
             signature_tolerance_s=seconds("SHOP_SIGNATURE_TOLERANCE_S", 300.0),
             reservation_ttl_s=seconds("SHOP_RESERVATION_TTL_S", cls.reservation_ttl_s),
             bug=bug,
+            admin_token=env.get("SHOP_ADMIN_TOKEN", ""),
         )
 
 
@@ -165,12 +168,22 @@ CREATE TABLE IF NOT EXISTS orders (
     next_check_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS orders_by_state ON orders (state, next_check_at);
+-- every change of state, for the audit export
+CREATE TABLE IF NOT EXISTS transitions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    order_id TEXT NOT NULL,
+    from_state TEXT,
+    to_state TEXT NOT NULL,
+    cause TEXT NOT NULL,
+    t REAL NOT NULL
+);
 -- every genuine notification taken in, by the channel's notify id
 CREATE TABLE IF NOT EXISTS webhooks (
     notify_id TEXT PRIMARY KEY,
     txn_id TEXT NOT NULL,
     amount INTEGER NOT NULL,
     order_id TEXT NOT NULL,
+    outcome TEXT NOT NULL,
     received_at REAL NOT NULL
 );
 -- every charge the shop knows of, and what it decided: keep it, or refund it
@@ -265,12 +278,23 @@ def add_job(
 
 
 def set_state(
-    db: sqlite3.Connection, order_id: str, state: str, now: float, **columns: Any
+    db: sqlite3.Connection, order_id: str, state: str, now: float, cause: str, **columns: Any
 ) -> None:
+    before = db.execute("SELECT state FROM orders WHERE id = ?", (order_id,)).fetchone()
     names = "".join(f", {name} = ?" for name in columns)
     db.execute(
         f"UPDATE orders SET state = ?, updated_at = ?{names} WHERE id = ?",
         (state, now, *columns.values(), order_id),
+    )
+    record_transition(db, order_id, before[0] if before else None, state, cause, now)
+
+
+def record_transition(
+    db: sqlite3.Connection, order_id: str, before: str | None, state: str, cause: str, now: float
+) -> None:
+    db.execute(
+        "INSERT INTO transitions (order_id, from_state, to_state, cause, t) VALUES (?, ?, ?, ?, ?)",
+        (order_id, before, state, cause, now),
     )
 
 
@@ -373,6 +397,7 @@ class Shop:
                         now + self.config.query_after_s,
                     ),
                 )
+                record_transition(db, order_id, None, NEW, "place", now)
             elif (row["sku"], row["quantity"], row["total_cents"]) != (sku, quantity, total):
                 raise Refused(409, "key_reused", "this key was used for another order")
             else:
@@ -402,9 +427,8 @@ class Shop:
         if status != 200:
             with self.store.tx() as db:
                 # the try never held stock (or was already released): nothing to release
-                set_state(
-                    db, order_id, REJECTED, time.time(), reason=answer.get("error", str(status))
-                )
+                reason = answer.get("error", str(status))
+                set_state(db, order_id, REJECTED, time.time(), "reject", reason=reason)
             return
         headers = {"traceparent": traceparent} if traceparent else None
         status, answer = await call(
@@ -423,7 +447,9 @@ class Shop:
         with self.store.tx() as db:
             current = self.store.order(order_id)
             if current is not None and current["state"] == NEW:
-                set_state(db, order_id, AWAITING, time.time(), payment_id=answer["payment_id"])
+                set_state(
+                    db, order_id, AWAITING, time.time(), "place", payment_id=answer["payment_id"]
+                )
 
     # taking a charge in (from a notification or from asking the channel)
 
@@ -436,7 +462,7 @@ class Shop:
         now = time.time()
         if order["state"] in (NEW, AWAITING):
             decision = "keep"
-            set_state(db, order["id"], PAID, now, txn_id=txn_id)
+            set_state(db, order["id"], PAID, now, CAUSES[learnt_from], txn_id=txn_id)
             add_job(db, order["id"], "confirm_stock", now)
         else:  # closed, rejected, refunded, or a second charge of a paid order
             decision = "refund"
@@ -490,12 +516,13 @@ class Shop:
                 raise Refused(400, "amount_mismatch", "amount differs from the order total")
             if order["payment_id"] != body["payment_id"]:
                 raise Refused(404, "unknown_payment", "not this order's payment (yet)")
+            outcome = self.settle(db, order, body["txn_id"], amount, "webhook")
             db.execute(
-                "INSERT INTO webhooks (notify_id, txn_id, amount, order_id, received_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (body["notify_id"], body["txn_id"], amount, order["id"], time.time()),
+                "INSERT INTO webhooks (notify_id, txn_id, amount, order_id, outcome, received_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (body["notify_id"], body["txn_id"], amount, order["id"], outcome, time.time()),
             )
-            return self.settle(db, order, body["txn_id"], amount, "webhook")
+            return outcome
 
     # the background work: resume, query, close, and the jobs
 
@@ -534,12 +561,13 @@ class Shop:
                 if current is None or current["state"] != NEW:
                     return
                 if found and payment.get("status") == "SUCCEEDED":
-                    set_state(db, order_id, AWAITING, time.time(), payment_id=payment["payment_id"])
+                    payment_id = payment["payment_id"]
+                    set_state(db, order_id, AWAITING, time.time(), "query", payment_id=payment_id)
                     current = self.store.order(order_id)
                     assert current is not None
                     self.settle(db, current, payment["txn_id"], payment["amount"], "query")
                     return
-                set_state(db, order_id, REJECTED, time.time(), reason="abandoned")
+                set_state(db, order_id, REJECTED, time.time(), "reject", reason="abandoned")
                 add_job(db, order_id, "release_stock", time.time())
 
     async def payment_of(self, order_id: str) -> tuple[bool, dict[str, Any]]:
@@ -587,7 +615,7 @@ class Shop:
         with self.store.tx() as db:
             current = self.store.order(order_id)
             if current is not None and current["state"] == AWAITING:
-                set_state(db, order_id, CLOSED, time.time(), reason="unpaid")
+                set_state(db, order_id, CLOSED, time.time(), "close", reason="unpaid")
                 add_job(db, order_id, "release_stock", time.time())
 
     async def run_job(self, job: sqlite3.Row) -> None:
@@ -629,13 +657,115 @@ class Shop:
                 # the stock went back while the shopper paid: give the money back
                 order = self.store.order(order_id)
                 if order is not None and order["state"] == PAID:
-                    set_state(db, order_id, REFUNDED, now, reason="stock released")
+                    set_state(db, order_id, REFUNDED, now, "close", reason="stock released")
                     db.execute(
                         "UPDATE charges SET decision = 'refund' WHERE txn_id = ?",
                         (order["txn_id"],),
                     )
                     amount = order["total_cents"]
                     add_job(db, order_id, "refund", now, txn_id=order["txn_id"], amount=amount)
+
+
+# --- the audit export: chaosbed's order records (docs/contracts.md), an opt-in ---------------
+
+EXPORT_STATUS = {
+    NEW: "CREATED",
+    AWAITING: "AWAITING_PAYMENT",
+    PAID: "PAID",
+    CLOSED: "CLOSED",
+    REJECTED: "REJECTED",
+    REFUNDED: "CLOSED",
+}
+EXPORT_JOB_KINDS = {"confirm_stock": "confirm", "release_stock": "cancel", "refund": "refund"}
+
+
+def export_records(db: sqlite3.Connection) -> Iterator[dict[str, Any]]:
+    """Every order, transition, taken-in charge, receipt, job and refund, in chaosbed's words."""
+    paid_at: dict[str, float] = {}
+    final_at: dict[str, float] = {}
+    for row in db.execute("SELECT * FROM transitions ORDER BY id"):
+        if row["to_state"] == PAID:
+            paid_at.setdefault(row["order_id"], row["t"])
+        if row["to_state"] in FINAL:
+            final_at[row["order_id"]] = row["t"]
+        before = row["from_state"]
+        yield {
+            "type": "transition",
+            "order_id": row["order_id"],
+            "from": None if before is None else EXPORT_STATUS[before],
+            "to": EXPORT_STATUS[row["to_state"]],
+            "t": row["t"],
+            "cause": row["cause"],
+        }
+    orders: dict[str, sqlite3.Row] = {}
+    for row in db.execute("SELECT * FROM orders ORDER BY created_at"):
+        orders[row["id"]] = row
+        yield {
+            "type": "order",
+            "order_id": row["id"],
+            "idempotency_key": row["client_key"],
+            "sku": row["sku"],
+            "qty": row["quantity"],
+            "amount": row["total_cents"],
+            "status": EXPORT_STATUS[row["state"]],
+            "payment_id": row["payment_id"],
+            "txn_id": row["txn_id"],
+            "created_at": row["created_at"],
+            "t_paid": paid_at.get(row["id"]),
+            "t_final": final_at.get(row["id"]) if row["state"] in FINAL else None,
+            "trace_id": None,
+            "flags": [],
+        }
+    notified: dict[str, str] = {}
+    for row in db.execute("SELECT * FROM webhooks ORDER BY received_at"):
+        if row["outcome"] != "duplicate":
+            notified.setdefault(row["txn_id"], row["notify_id"])
+        yield {
+            "type": "receipt",
+            "notify_id": row["notify_id"],
+            "txn_id": row["txn_id"],
+            "order_id": row["order_id"],
+            "outcome": row["outcome"],
+            "t": row["received_at"],
+        }
+    for row in db.execute("SELECT * FROM charges ORDER BY t"):
+        yield {
+            "type": "inbox",
+            "txn_id": row["txn_id"],
+            "notify_id": notified.get(row["txn_id"]),
+            "order_id": row["order_id"],
+            "t": row["t"],
+            "outcome": "paid" if row["decision"] == "keep" else "refund",
+        }
+        if row["decision"] == "refund":
+            order = orders.get(row["order_id"])
+            if order is not None and order["txn_id"] == row["txn_id"]:
+                reason = "stock_released"  # paid, then its reservation was gone
+            elif order is not None and order["state"] == PAID:
+                reason = "duplicate_charge"
+            else:
+                reason = "paid_after_close"
+            yield {
+                "type": "refund",
+                "order_id": row["order_id"],
+                "refund_id": f"rf-{row['txn_id']}",
+                "txn_id": row["txn_id"],
+                "amount": row["amount"],
+                "t": row["t"],
+                "reason": reason,
+            }
+    for row in db.execute("SELECT * FROM jobs ORDER BY id"):
+        delivered = row["outcome"] == "done"
+        yield {
+            "type": "outbox",
+            "id": str(row["id"]),
+            "order_id": row["order_id"],
+            "kind": EXPORT_JOB_KINDS[row["kind"]],
+            "created_at": row["created_at"],
+            "delivered_at": row["done_at"] if delivered else None,
+            "attempts": row["attempts"],
+            "failed_reason": None if delivered or row["done_at"] is None else row["outcome"],
+        }
 
 
 # --- HTTP ----------------------------------------------------------------------------------
@@ -699,6 +829,20 @@ async def payment_notification(request: web.Request) -> web.Response:
     except Refused as exc:
         return refusal(exc)
     return web.json_response({"received": True, "outcome": outcome})
+
+
+@routes.get("/audit/export")
+async def audit_export(request: web.Request) -> web.Response:
+    shop = request.app[SHOP]
+    token = shop.config.admin_token
+    if not token:
+        return refusal(Refused(404, "not_found", "the audit export is off (SHOP_ADMIN_TOKEN)"))
+    given = request.headers.get("Authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        return refusal(Refused(401, "unauthorized", "needs Authorization: Bearer <admin token>"))
+    lines = [json.dumps(record) for record in export_records(shop.store.db)]
+    body = "".join(line + "\n" for line in lines)
+    return web.Response(text=body, content_type="application/x-ndjson")
 
 
 @routes.get("/health")
