@@ -35,6 +35,7 @@ from services.channel.app import create_app as channel_app
 from services.common.settings import Settings
 from services.common.signing import SIGNATURE_HEADER, sign
 from services.inventory.app import create_app as inventory_app
+from slos.records import load_run
 
 pytestmark = pytest.mark.anyio
 
@@ -153,7 +154,12 @@ class Rig:
 
 @contextlib.asynccontextmanager
 async def rig(
-    tmp_path: Path, *, bug: str = "", inventory_url: str | None = None, db: str = "shop.db"
+    tmp_path: Path,
+    *,
+    bug: str = "",
+    inventory_url: str | None = None,
+    db: str = "shop.db",
+    admin_token: str = ADMIN,
 ) -> AsyncIterator[Rig]:
     shop_sock, channel_sock, inventory_sock = _socket(), _socket(), _socket()
     shop_url = f"http://127.0.0.1:{shop_sock.getsockname()[1]}"
@@ -183,6 +189,7 @@ async def rig(
         close_after_s=10.0,
         tick_s=0.05,
         bug=bug,
+        admin_token=admin_token,
     )
     app = shop.create_app(config, workers=False)
     runner = web.AppRunner(app)
@@ -551,3 +558,65 @@ def test_the_target_file_starts_the_shop_with_the_scenarios_timings(tmp_path: Pa
         argv, cwd=ROOT / "examples/shop", env=defaults, capture_output=True, text=True, check=False
     )
     assert done.stdout.split() == ["2", "10"], done.stderr
+
+
+# --- the audit export (the opt-in to chaosbed's full audit) --------------------------------
+
+
+async def test_the_export_needs_the_admin_token_and_is_off_without_one(tmp_path: Path) -> None:
+    async with rig(tmp_path) as r:
+        status, _ = await r.send("GET", f"{r.url}/audit/export")
+        assert status == 401
+        bad = {"Authorization": "Bearer guessed"}
+        assert (await r.send("GET", f"{r.url}/audit/export", headers=bad))[0] == 401
+        assert len(await r.export(r.url)) == 0
+    async with rig(tmp_path, admin_token="", db="other.db") as r:
+        status, body = await r.send("GET", f"{r.url}/audit/export")
+        assert (status, body["error"]) == (404, "not_found")
+
+
+async def test_the_export_is_chaosbeds_order_records_of_what_happened(tmp_path: Path) -> None:
+    async with rig(tmp_path) as r:
+        await r.knobs(notify_duplicate_rate=1.0, accept_pay_after_close=True)
+        _, paid = await r.place("key-paid")
+        _, late = await r.place("key-late")
+        await r.pay(paid["payment_id"])
+        await r.state_is(paid["id"], "paid")
+        r.age(late["id"])
+        await r.state_is(late["id"], "closed")
+        await r.pay(late["payment_id"])
+
+        async def settled() -> bool:
+            jobs = r.shop.store.db.execute("SELECT count(*) FROM jobs WHERE done_at IS NULL")
+            return (await r.payment(late["payment_id"]))["status"] == "REFUNDED" and (
+                jobs.fetchone()[0] == 0
+            )
+
+        await r.until(settled, "the late charge refunded and every job done")
+        exports = tmp_path / "run" / "exports"
+        exports.mkdir(parents=True)
+        for name, base in (("order", r.url), ("channel", r.channel), ("inventory", r.inventory)):
+            lines = [json.dumps(rec) for rec in await r.export(base)]
+            (exports / f"{name}.ndjson").write_text("".join(f"{line}\n" for line in lines))
+        (tmp_path / "run" / "history.ndjson").write_text("")
+    # read by the audit's own loader, as a run's exports are
+    records = load_run(tmp_path / "run")
+    orders = {o.order_id: o for o in records.orders}
+    assert (orders[paid["id"]].status, orders[late["id"]].status) == ("PAID", "CLOSED")
+    assert orders[paid["id"]].t_paid is not None and orders[late["id"]].t_paid is None
+    to_paid = [t.order_id for t in records.transitions if t.to_state == "PAID"]
+    assert to_paid == [paid["id"]]  # once, though every notification came twice
+    outbox = sorted(
+        (o.order_id == paid["id"], o.kind, o.delivered_at is not None) for o in records.outbox
+    )
+    assert outbox == [(False, "cancel", True), (False, "refund", True), (True, "confirm", True)]
+    acked = {n.notify_id for n in records.notifications if n.acked and not n.forged}
+    assert acked and acked <= {receipt.notify_id for receipt in records.receipts}
+    assert [(x.order_id, x.reason) for x in records.order_refunds] == [
+        (late["id"], "paid_after_close")
+    ]
+    assert sorted(i.outcome or "" for i in records.inbox) == ["paid", "refund"]
+
+
+def test_the_shop_and_its_adapter_agree_on_chaosbeds_statuses() -> None:
+    assert shop.EXPORT_STATUS == STATUSES
