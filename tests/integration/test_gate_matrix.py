@@ -6,9 +6,9 @@ Toxiproxy, Locust, a SIGKILL of the order service, channel misbehaviour; about 3
 whole matrix takes a few minutes.  The scenario is built so that each bug has its chance to do
 harm (faults/scenarios/gate-selftest.yaml says which step exposes which bug).
 
-The example target (examples/shop, a service written apart from chaosbed and audited
-black-box) runs the same scenario: correct, it passes; with its own bug switch (SHOP_BUG),
-it fails on that bug's class.
+The example target (examples/shop, a service written apart from chaosbed) runs the same
+scenario: correct and audited in full (it serves the export), it passes; with its own bug switch
+(SHOP_BUG), it fails on that bug's class, in the full audit and black-box alike.
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ from services.common.bugs import EXPECTED_CLASSES, PLANTED_BUGS
 
 pytestmark = [pytest.mark.integration, pytest.mark.gate_matrix]
 
-# The example target (examples/shop, audited black-box) and its own bug switch (SHOP_BUG).
+# The example target (examples/shop; target.yaml serves the export, target-blackbox.yaml does
+# not) and its own bug switch (SHOP_BUG).
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "shop" / "target.yaml"
+EXAMPLE_BLACKBOX = EXAMPLE.with_name("target-blackbox.yaml")
 EXAMPLE_CLASSES = {"no-query-on-timeout": "P6"}  # orphan charge (also P1)
 
 
@@ -62,9 +64,12 @@ def test_the_example_target_passes_the_gate_selftest(tmp_path: Path) -> None:
     assert run.invalid == {}, _evidence(run)
 
 
+@pytest.mark.parametrize("target", [EXAMPLE, EXAMPLE_BLACKBOX], ids=["full", "blackbox"])
 @pytest.mark.parametrize("bug", sorted(EXAMPLE_CLASSES))
-def test_the_example_targets_bug_fails_the_gate_on_its_class(bug: str, tmp_path: Path) -> None:
-    run = run_gate((), tmp_path, target=EXAMPLE, env={"SHOP_BUG": bug})
+def test_the_example_targets_bug_fails_the_gate_on_its_class(
+    bug: str, target: Path, tmp_path: Path
+) -> None:
+    run = run_gate((), tmp_path, target=target, env={"SHOP_BUG": bug})
     assert run.run_dir is not None, run.output
     assert f"bug {bug}" in (run.run_dir / "order.log").read_text()  # the shop really had it on
     assert run.exit_code == 1, _evidence(run)
