@@ -64,10 +64,10 @@ def run_gate(
     runs_dir: Path,
     *,
     timeout_s: float = RUN_TIMEOUT_S,
-    target: Path | None = None,
+    target: str | Path | None = None,
     env: Mapping[str, str] | None = None,
 ) -> GateRun:
-    """`chaosbed run gate-selftest --slo slos/smoke.yaml [--bugs ...] [--target FILE]` as a
+    """`chaosbed run gate-selftest --slo slos/smoke.yaml [--bugs ...] [--target ...]` as a
     subprocess; `env` is added to its environment (a target's own bug switch, for one)."""
     runs_dir.mkdir(parents=True, exist_ok=True)
     before = set(runs_dir.iterdir())
@@ -75,7 +75,7 @@ def run_gate(
                "--runs-dir", str(runs_dir)]
     if bugs:
         command += ["--bugs", ",".join(bugs)]
-    if target is not None:
+    if target:
         command += ["--target", str(target)]
     started = time.monotonic()
     done = subprocess.run(

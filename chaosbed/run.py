@@ -34,7 +34,7 @@ from faults.drivers import StackDriver
 from faults.scenario import Scenario
 from faults.scheduler import Outcome, Scheduler
 from loadtests.runner import locust_command
-from loadtests.target import Target
+from loadtests.target import Target, load_target
 
 SERVICES = ("order", "channel", "inventory")
 
@@ -193,6 +193,9 @@ class RunPipeline:
         if self.attach is not None:
             self.progress.phase(f"attaching to {self.attach}")
             self.stack = Stack.attach(self.attach)
+            recorded = self.stack.info.get("target")
+            if self.target is None and isinstance(recorded, dict) and recorded.get("file"):
+                self.target = load_target(recorded["file"])  # the attached stack's target
             if self.scenario.services:
                 say("attached stack keeps its own service timings; scenario `services` ignored")
         else:
@@ -349,7 +352,7 @@ class RunPipeline:
         self.progress.phase("final read of every order (black-box audit)")
         target = self.target
         adapter = load_adapter(target.adapter, target.base_dir)(
-            PlainHttp(self.stack.url("order")), target.options
+            PlainHttp(self.stack.url("order")), {"health_path": target.health, **target.options}
         )
         ledger_orders = {
             str(r["merchant_order_id"])

@@ -347,7 +347,7 @@ class Stack(rundir.Closing):
         target = self._info.get("target") if name == "order" else None
         health = target["health"] if target else "/healthz"
         if target:
-            timeout_s = max(timeout_s, float(target["startup_timeout"]))
+            timeout_s = float(target["startup_timeout"])  # the target file's, not ours
         what = f"target {target['name']}" if target else f"service {name}"
         with httpx.Client(timeout=1.0) as client:
             probe = proc.http_probe(client, svc["url"] + health)

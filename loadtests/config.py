@@ -151,7 +151,7 @@ def _target_fields(name_or_path: str | None, stack: Mapping[str, Any]) -> dict[s
             raise LoadConfigError(f"CHAOSBED_TARGET: {exc}") from None
         return {
             "adapter": target.adapter,
-            "adapter_options": dict(target.options),
+            "adapter_options": {"health_path": target.health, **target.options},
             "adapter_base_dir": target.base_dir,
             "notify_path": target.notify_path,
         }
@@ -160,7 +160,10 @@ def _target_fields(name_or_path: str | None, stack: Mapping[str, Any]) -> dict[s
         return {}
     return {
         "adapter": str(recorded.get("adapter") or BUNDLED_ADAPTER),
-        "adapter_options": dict(recorded.get("options") or {}),
+        "adapter_options": {
+            "health_path": recorded.get("health") or "/healthz",
+            **(recorded.get("options") or {}),
+        },
         "adapter_base_dir": recorded.get("dir"),
         "notify_path": str(recorded.get("notify_path") or DEFAULT_NOTIFY_PATH),
     }

@@ -81,9 +81,7 @@ def _read(adapter: OrderAdapter, order_id: str, attempts: int, backoff_s: float)
     return result
 
 
-def final_read_row(
-    order_id: str, placed: Mapping[str, Any], result: Result
-) -> dict[str, Any]:
+def final_read_row(order_id: str, placed: Mapping[str, Any], result: Result) -> dict[str, Any]:
     order = result.order if result.type == "ok" else None
     amount = order.amount if order is not None and order.amount is not None else None
     return {

@@ -224,7 +224,7 @@ def load_target(name_or_path: str | Path) -> Target:
     try:
         text = path.read_text()
     except FileNotFoundError:
-        shipped = ", ".join(p.stem for p in sorted(TARGET_DIR.glob("*.yaml")))
+        shipped = ", ".join(sorted(p.stem for p in TARGET_DIR.glob("*.yaml")))
         raise TargetError(f"{path}: no such target file (shipped targets: {shipped})") from None
     except OSError as exc:
         raise TargetError(f"{path}: cannot read: {exc}") from None

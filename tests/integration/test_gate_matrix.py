@@ -6,6 +6,11 @@ Toxiproxy, Locust, a SIGKILL of the order service, channel misbehaviour; about 3
 whole matrix takes a few minutes.  The scenario is built so that each bug has its chance to do
 harm (faults/scenarios/gate-selftest.yaml says which step exposes which bug).
 
+The black-box column runs the same cases with the bundled order service as an external target
+(targets/bundled-blackbox.yaml: started by its own command, its export never read): the bugs
+the black-box audit can see fail the gate on the full audit's class; the one that only the
+export shows (ack-before-commit, P13) answers unknown with the reason.
+
 The example target (examples/shop, a service written apart from chaosbed) runs the same
 scenario: correct and audited in full (it serves the export), it passes; with its own bug switch
 (SHOP_BUG), it fails on that bug's class, in the full audit and black-box alike.
@@ -15,12 +20,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from benchmarks.bench_gate import GateRun, run_gate
 from examples.shop import shop
 from services.common.bugs import EXPECTED_CLASSES, PLANTED_BUGS
+from slos.blackbox import NEEDS_EXPORT, UNDECIDABLE
 
 pytestmark = [pytest.mark.integration, pytest.mark.gate_matrix]
 
@@ -55,6 +62,60 @@ def test_a_planted_bug_fails_the_gate_on_its_class(bug: str, tmp_path: Path) -> 
 
 def test_every_planted_bug_is_in_the_matrix() -> None:
     assert set(EXPECTED_CLASSES) == set(PLANTED_BUGS)
+
+
+# --- the black-box column: the bundled order service as an external target, no export ------
+
+BLACKBOX = "bundled-blackbox"  # targets/bundled-blackbox.yaml
+BLACKBOX_VISIBLE = sorted(b for b, cls in EXPECTED_CLASSES.items() if cls not in UNDECIDABLE)
+BLACKBOX_HIDDEN = sorted(b for b, cls in EXPECTED_CLASSES.items() if cls in UNDECIDABLE)
+
+
+def _audit(run: GateRun) -> dict[str, Any]:
+    assert run.run_dir is not None, run.output
+    audit: dict[str, Any] = json.loads((run.run_dir / "audit.json").read_text())
+    assert audit["mode"] == "blackbox", _evidence(run)
+    assert not (run.run_dir / "exports" / "order.ndjson").exists()
+    return audit
+
+
+def test_the_correct_build_black_box_finds_nothing_and_names_what_it_cannot_see(
+    tmp_path: Path,
+) -> None:
+    run = run_gate((), tmp_path, target=BLACKBOX)
+    checks = _audit(run)["checks"]
+    assert run.invalid == {}, _evidence(run)
+    assert run.exit_code == 2, _evidence(run)  # smoke.yaml names P13, Q1: unknown, not a pass
+    for cls in UNDECIDABLE:
+        assert checks[cls]["verdict"] == "unknown", cls
+        assert NEEDS_EXPORT in checks[cls]["error"], checks[cls]
+
+
+@pytest.mark.parametrize("bug", BLACKBOX_VISIBLE)
+def test_a_planted_bug_black_box_fails_the_gate_on_the_full_audits_class(
+    bug: str, tmp_path: Path
+) -> None:
+    run = run_gate((bug,), tmp_path, target=BLACKBOX)
+    _audit(run)
+    assert run.exit_code == 1, _evidence(run)
+    expected = EXPECTED_CLASSES[bug]
+    assert run.invalid.get(expected, 0) >= 1, f"{bug} not caught as {expected}: " + _evidence(run)
+
+
+@pytest.mark.parametrize("bug", BLACKBOX_HIDDEN)
+def test_a_bug_only_the_export_shows_answers_unknown_black_box(bug: str, tmp_path: Path) -> None:
+    run = run_gate((bug,), tmp_path, target=BLACKBOX)
+    check = _audit(run)["checks"][EXPECTED_CLASSES[bug]]
+    assert check["verdict"] == "unknown" and NEEDS_EXPORT in check["error"], check
+    assert run.exit_code != 0, _evidence(run)  # never a silent pass
+
+
+def test_every_planted_bug_is_in_the_black_box_column() -> None:
+    assert set(BLACKBOX_VISIBLE) | set(BLACKBOX_HIDDEN) == set(PLANTED_BUGS)
+    assert BLACKBOX_HIDDEN == ["ack-before-commit"]
+
+
+# --- the example target (examples/shop), in the full audit and black-box -------------------
 
 
 def test_the_example_target_passes_the_gate_selftest(tmp_path: Path) -> None:

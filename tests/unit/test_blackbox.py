@@ -19,7 +19,9 @@ from slos.records import Op, Records, RecordsError, StockEvent, load_run
 from slos.synthetic import clean_run, write_run
 
 
-def final_read_rows(r: Records, **overrides: dict[str, Any]) -> list[dict[str, Any]]:
+def final_read_rows(
+    r: Records, overrides: dict[str, dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
     """What a final read of the orders in `r` would have written (the adapter saw them)."""
     rows = []
     for o in r.orders:
@@ -28,13 +30,14 @@ def final_read_rows(r: Records, **overrides: dict[str, Any]) -> list[dict[str, A
                "key": o.idempotency_key, "sku": o.sku, "qty": o.qty,
                "created_at": o.created_at, "trace_id": o.trace_id, "http_status": 200,
                "error": None, "t": 0.0}
-        rows.append({**row, **overrides.get(o.order_id, {})})
+        rows.append({**row, **(overrides or {}).get(o.order_id, {})})
     return rows
 
 
 def both_audits(
-    tmp_path: Path, plant: Callable[[Records], None] | None = None,
-    **overrides: dict[str, Any],
+    tmp_path: Path,
+    plant: Callable[[Records], None] | None = None,
+    reads: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[AuditResult, AuditResult]:
     """(full audit, black-box audit) of the same run."""
     r = clean_run(20)
@@ -43,7 +46,7 @@ def both_audits(
     run_dir = write_run(r, tmp_path / "run")
     full = audit(load_run(run_dir))
     (run_dir / "exports" / "order.ndjson").unlink()
-    lines = [json.dumps(row) for row in final_read_rows(r, **overrides)]
+    lines = [json.dumps(row) for row in final_read_rows(r, reads)]
     (run_dir / "final_read.ndjson").write_text("\n".join(lines) + "\n")
     return full, audit(load_run(run_dir))
 
@@ -124,20 +127,20 @@ def test_an_accepted_forgery_on_an_unfunded_order_is_visible(tmp_path: Path) -> 
 
 
 def test_a_placed_order_the_target_does_not_know_is_lost(tmp_path: Path) -> None:
-    _, black = both_audits(tmp_path, **{"o-5": {"outcome": "fail", "status": None,
-                                                "http_status": 404}})
+    _, black = both_audits(tmp_path, reads={"o-5": {"outcome": "fail", "status": None,
+                                                    "http_status": 404}})
     assert black.checks["O1"].verdict == "invalid"
     assert [e["order_id"] for e in black.checks["O1"].examples] == ["o-5"]
 
 
 def test_two_orders_for_one_key_are_a_duplicate_order(tmp_path: Path) -> None:
-    _, black = both_audits(tmp_path, **{"o-6": {"key": "k-7"}})
+    _, black = both_audits(tmp_path, reads={"o-6": {"key": "k-7"}})
     assert black.checks["O2"].verdict == "invalid"
 
 
 def test_an_inconclusive_final_read_leaves_the_order_classes_unknown(tmp_path: Path) -> None:
-    _, black = both_audits(tmp_path, **{"o-2": {"outcome": "info", "status": None,
-                                                "error": "TimeoutError"}})
+    _, black = both_audits(tmp_path, reads={"o-2": {"outcome": "info", "status": None,
+                                                    "error": "TimeoutError"}})
     for cls in ("O1", "O3", "P1", "P6", "P7"):
         assert black.checks[cls].verdict == "unknown", cls
         assert "final read of 1 order" in (black.checks[cls].error or "")
@@ -166,7 +169,7 @@ def test_neither_order_export_nor_final_read_is_a_missing_file(tmp_path: Path) -
 
 
 def test_orders_in_history_carry_what_the_shopper_asked_for() -> None:
-    history = [
+    history: list[dict[str, Any]] = [
         {"type": "invoke", "f": "place_order", "op_id": "1", "key": "k-1", "order_id": None,
          "value": {"sku": "s", "qty": 2, "amount": 700}, "wall": 1.0},
         {"type": "ok", "f": "place_order", "op_id": "1", "key": "k-1", "order_id": "o-1",

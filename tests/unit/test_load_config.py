@@ -152,3 +152,26 @@ def test_every_forgery_fails_a_check_the_order_service_makes(kind: str) -> None:
 
 def _now() -> float:
     return time.time()
+
+
+def test_no_channel_is_known_without_a_stack_or_a_url() -> None:
+    config = from_env({})
+    assert config.channel_url == ""  # the locustfile refuses to start on this
+    assert config.adapter == "loadtests.adapters.bundled:BundledAdapter"
+
+
+def test_the_target_comes_from_stack_json_or_chaosbed_target(tmp_path: Path) -> None:
+    stack_json = tmp_path / "stack.json"
+    target = {"name": "shop", "adapter": "adapter.py:Shop", "options": {"x": 1},
+              "dir": "/somewhere", "notify_path": "/hook", "health": "/up"}
+    stack_json.write_text(json.dumps({**STACK, "target": target}))
+    config = from_env({"CHAOSBED_STACK_JSON": str(stack_json)})
+    assert (config.adapter, config.adapter_base_dir, config.notify_path) == (
+        "adapter.py:Shop", "/somewhere", "/hook")
+    assert config.adapter_options == {"health_path": "/up", "x": 1}
+    assert LoadConfig.from_json(config.to_json()) == config  # travels to the workers
+    named = from_env({"CHAOSBED_STACK_JSON": str(stack_json), "CHAOSBED_TARGET": "bundled"})
+    assert named.adapter == "loadtests.adapters.bundled:BundledAdapter"
+    assert named.notify_path == "/notifications/payment"
+    with pytest.raises(LoadConfigError, match="CHAOSBED_TARGET: .*no such target file"):
+        from_env({"CHAOSBED_TARGET": "nonesuch"})

@@ -93,3 +93,32 @@ def test_load_metrics_port_from_the_environment() -> None:
     for bad in ("http", "0", "70000", "-1"):
         with pytest.raises(LoadConfigError, match=f"CHAOSBED_LOAD_METRICS_PORT='{bad}'"):
             load_metrics_port({"CHAOSBED_LOAD_METRICS_PORT": bad})
+
+
+def _locust(env: dict[str, str], *extra: str) -> subprocess.CompletedProcess[str]:
+    port = _closed_port()
+    return subprocess.run(
+        [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests" / "locustfile.py"),
+         "--headless", "-u", "1", "-r", "1", "-t", "2s", "--host", f"http://127.0.0.1:{port}",
+         "--only-summary", *extra],
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("CHAOSBED_")},
+             "PYTHONPATH": str(ROOT), "CHAOSBED_LOAD_METRICS_PORT": "off", **env},
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_without_a_channel_url_it_refuses_to_start_with_one_line() -> None:
+    done = _locust({})
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("chaosbed load: where is the channel?"), done.stderr[-2000:]
+    assert "CHAOSBED_STACK_JSON" in lines[-1] and "Traceback" not in done.stderr
+    assert "ConnectionRefused" not in done.stderr  # nothing was sent
+
+
+def test_a_bad_target_is_refused_naming_the_file_and_line(tmp_path: Path) -> None:
+    target = tmp_path / "t.yaml"
+    target.write_text("name: t\ndescription: d\nurl: http://127.0.0.1:1\nadapter: a.py:A\nx: 1\n")
+    done = _locust({"CHAOSBED_CHANNEL_URL": "http://127.0.0.1:1", "CHAOSBED_TARGET": str(target)})
+    assert done.returncode != 0
+    assert f"CHAOSBED_TARGET: {target}:5: x: unknown key" in done.stderr, done.stderr[-2000:]
