@@ -517,15 +517,27 @@ def test_chaosbed_targets_lists_the_example_beside_bundled() -> None:
     )
     assert done.returncode == 0, done.stderr
     names = [line.split()[0] for line in done.stdout.splitlines() if line.strip()]
-    assert {"bundled", "example-shop"} <= set(names)
+    assert {"bundled", "example-shop", "example-shop-blackbox"} <= set(names)
 
 
 def test_the_target_file_starts_the_shop_with_the_scenarios_timings(tmp_path: Path) -> None:
     target = load_target(ROOT / "examples/shop/target.yaml")
-    assert (target.started, target.export, target.notify_path) == (True, False, "/hooks/payment")
+    assert (target.started, target.export, target.notify_path) == (True, True, "/hooks/payment")
+    assert target.start is not None and target.start.env["SHOP_ADMIN_TOKEN"] == "{admin_token}"
+    blackbox = load_target(ROOT / "examples/shop/target-blackbox.yaml")
+    assert blackbox.start is not None and not blackbox.export
+    # the same shop, started the same way, only without its export
+    assert blackbox.start.command == target.start.command
+    assert blackbox.start.env == {
+        k: v for k, v in target.start.env.items() if k != "SHOP_ADMIN_TOKEN"
+    }
     assert load_adapter(target.adapter, target.base_dir).__name__ == "ShopAdapter"
     assert target.start is not None
-    values = {"python": sys.executable, "target_dir": str(ROOT / "examples/shop")}
+    values = {
+        "python": sys.executable,
+        "target_dir": str(ROOT / "examples/shop"),
+        "admin_token": "t",
+    }
     argv = [render(part, values) for part in target.start.command]
     env = {
         **{
