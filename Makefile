@@ -11,8 +11,8 @@ run: setup
 	$(PY) -m chaosbed run smoke --slo slos/smoke.yaml
 
 lint: setup
-	$(PY) -m ruff check chaosbed rundir services loadtests faults slos dashboards benchmarks tests
-	$(PY) -m mypy chaosbed rundir services loadtests faults slos dashboards benchmarks
+	$(PY) -m ruff check chaosbed rundir services loadtests faults slos dashboards benchmarks examples tests
+	$(PY) -m mypy chaosbed rundir services loadtests faults slos dashboards benchmarks examples
 
 test: lint
 	$(PY) -m pytest -m "not slow" -q

@@ -13,11 +13,12 @@ Run alone: `python -m benchmarks.bench_gate`.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,10 +64,11 @@ def run_gate(
     runs_dir: Path,
     *,
     timeout_s: float = RUN_TIMEOUT_S,
-    target: str | None = None,
+    target: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> GateRun:
     """`chaosbed run gate-selftest --slo slos/smoke.yaml [--bugs ...] [--target ...]` as a
-    subprocess."""
+    subprocess; `env` is added to its environment (a target's own bug switch, for one)."""
     runs_dir.mkdir(parents=True, exist_ok=True)
     before = set(runs_dir.iterdir())
     command = [sys.executable, "-m", "chaosbed", "run", SCENARIO, "--slo", str(SLO),
@@ -74,10 +76,16 @@ def run_gate(
     if bugs:
         command += ["--bugs", ",".join(bugs)]
     if target:
-        command += ["--target", target]
+        command += ["--target", str(target)]
     started = time.monotonic()
     done = subprocess.run(
-        command, cwd=REPO, capture_output=True, text=True, timeout=timeout_s, check=False
+        command,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
     )
     seconds = time.monotonic() - started
     created = sorted(p for p in set(runs_dir.iterdir()) - before

@@ -232,7 +232,9 @@ def load_target(name_or_path: str | Path) -> Target:
 
 
 def list_targets(extra: tuple[str | Path, ...] = ()) -> list[Target]:
-    """Every shipped target (targets/*.yaml) and any given paths; an invalid one raises."""
+    """Every shipped target (targets/*.yaml, then the examples' examples/*/target*.yaml) and any
+    given paths; an invalid one raises."""
     shipped = sorted(TARGET_DIR.glob("*.yaml"), key=lambda p: p.stem)
-    paths = [*shipped, *(target_path(p) for p in extra)]
+    examples = sorted((REPO / "examples").glob("*/target*.yaml"))
+    paths = [*shipped, *examples, *(target_path(p) for p in extra)]
     return [load_target(p) for p in dict.fromkeys(paths)]

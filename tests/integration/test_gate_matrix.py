@@ -10,6 +10,10 @@ The black-box column runs the same cases with the bundled order service as an ex
 (targets/bundled-blackbox.yaml: started by its own command, its export never read): the bugs
 the black-box audit can see fail the gate on the full audit's class; the one that only the
 export shows (ack-before-commit, P13) answers unknown with the reason.
+
+The example target (examples/shop, a service written apart from chaosbed) runs the same
+scenario: correct and audited in full (it serves the export), it passes; with its own bug switch
+(SHOP_BUG), it fails on that bug's class, in the full audit and black-box alike.
 """
 
 from __future__ import annotations
@@ -21,10 +25,17 @@ from typing import Any
 import pytest
 
 from benchmarks.bench_gate import GateRun, run_gate
+from examples.shop import shop
 from services.common.bugs import EXPECTED_CLASSES, PLANTED_BUGS
 from slos.blackbox import NEEDS_EXPORT, UNDECIDABLE
 
 pytestmark = [pytest.mark.integration, pytest.mark.gate_matrix]
+
+# The example target (examples/shop; target.yaml serves the export, target-blackbox.yaml does
+# not) and its own bug switch (SHOP_BUG).
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "shop" / "target.yaml"
+EXAMPLE_BLACKBOX = EXAMPLE.with_name("target-blackbox.yaml")
+EXAMPLE_CLASSES = {"no-query-on-timeout": "P6"}  # orphan charge (also P1)
 
 
 def _evidence(run: GateRun) -> str:
@@ -102,3 +113,30 @@ def test_a_bug_only_the_export_shows_answers_unknown_black_box(bug: str, tmp_pat
 def test_every_planted_bug_is_in_the_black_box_column() -> None:
     assert set(BLACKBOX_VISIBLE) | set(BLACKBOX_HIDDEN) == set(PLANTED_BUGS)
     assert BLACKBOX_HIDDEN == ["ack-before-commit"]
+
+
+# --- the example target (examples/shop), in the full audit and black-box -------------------
+
+
+def test_the_example_target_passes_the_gate_selftest(tmp_path: Path) -> None:
+    run = run_gate((), tmp_path, target=EXAMPLE, env={"SHOP_BUG": ""})
+    assert run.run_dir is not None, run.output
+    assert run.exit_code == 0, _evidence(run)
+    assert run.invalid == {}, _evidence(run)
+
+
+@pytest.mark.parametrize("target", [EXAMPLE, EXAMPLE_BLACKBOX], ids=["full", "blackbox"])
+@pytest.mark.parametrize("bug", sorted(EXAMPLE_CLASSES))
+def test_the_example_targets_bug_fails_the_gate_on_its_class(
+    bug: str, target: Path, tmp_path: Path
+) -> None:
+    run = run_gate((), tmp_path, target=target, env={"SHOP_BUG": bug})
+    assert run.run_dir is not None, run.output
+    assert f"bug {bug}" in (run.run_dir / "order.log").read_text()  # the shop really had it on
+    assert run.exit_code == 1, _evidence(run)
+    expected = EXAMPLE_CLASSES[bug]
+    assert run.invalid.get(expected, 0) >= 1, f"{bug} not caught as {expected}: " + _evidence(run)
+
+
+def test_every_example_bug_is_in_the_matrix() -> None:
+    assert set(EXAMPLE_CLASSES) == set(shop.BUGS)

@@ -28,6 +28,7 @@ LAYERS = (
     "dashboards",
     "chaosbed",
     "benchmarks",
+    "examples",  # user code (example targets): their adapters import only loadtests
 )
 BELOW_CHAOSBED = ("slos", "loadtests", "faults", "services", "dashboards", "rundir")
 
@@ -206,6 +207,16 @@ def test_every_import_goes_down_the_layers(graph: Graph) -> None:
 
 def test_there_is_no_import_cycle(graph: Graph) -> None:
     assert find_cycle(graph) is None
+
+
+def test_the_examples_import_only_the_adapter_protocol(graph: Graph) -> None:
+    ours = [m for m in graph if m.split(".")[0] == "examples"]
+    assert "examples.shop.adapter" in ours
+    for forbidden in set(LAYERS) - {"examples", "loadtests"}:
+        assert imports_of(graph, ("examples",), forbidden) == []
+    # the example service itself is standalone: not even the adapter protocol
+    assert graph["examples.shop.shop"] == set()
+    assert graph["examples.shop.adapter"] == {"loadtests.adapter"}
 
 
 def test_the_gate_and_the_command_line_agree_on_exit_codes() -> None:

@@ -1,0 +1,1 @@
+"""Example targets: order services written apart from chaosbed, gated by it."""

@@ -1,0 +1,1 @@
+"""examples/shop: a checkout service on aiohttp.web + SQLite (README.md)."""
