@@ -177,7 +177,7 @@ def write_slo(tmp_path: Path) -> Path:
 
 
 def test_a_passing_report_in_chromium(tmp_path: Path, browser: str) -> None:
-    records = clean_run(300, faults=FAULTS)
+    records = clean_run(300, faults=FAULTS, every_path=True)
     run = write_run(records, tmp_path / "run")
     gate = evaluate_run(run, write_slo(tmp_path), None)
     assert gate.exit_code == 0
@@ -209,9 +209,9 @@ def test_a_passing_report_in_chromium(tmp_path: Path, browser: str) -> None:
 def test_a_failing_observed_report_with_a_baseline_in_chromium(tmp_path: Path,
                                                                browser: str) -> None:
     slo = write_slo(tmp_path)
-    baseline = write_run(clean_run(300), tmp_path / "baseline")
+    baseline = write_run(clean_run(300, every_path=True), tmp_path / "baseline")
     evaluate_run(baseline, slo, None)
-    records = clean_run(300, faults=FAULTS[:3])
+    records = clean_run(300, faults=FAULTS[:3], every_path=True)
     for o in records.orders[10:14]:  # shipped twice
         records.transitions.append(Transition(o.order_id, "AWAITING_PAYMENT", "PAID",
                                               (o.t_paid or 0.0) + 1, "notify"))
