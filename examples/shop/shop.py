@@ -36,8 +36,9 @@ from aiohttp import web
 SIGNATURE_HEADER = "Chaosbed-Signature"
 
 BUGS = {
-    # Trusting the webhook: no active query, and the timeout closer ignores the channel's
-    # "already paid" answer. A paid order whose notification was lost is closed: money kept.
+    # Trusting the webhook: no active query, no reading of the bills, and the timeout closer
+    # ignores the channel's "already paid" answer. A paid order whose notification was lost is
+    # closed: money kept.
     "no-query-on-timeout": "a lost notification is never queried; the paid order closes (P6)",
 }
 
@@ -51,7 +52,8 @@ CLOSED = "closed"  # timed out unpaid
 REJECTED = "rejected"  # out of stock, or never got its payment
 REFUNDED = "refunded"  # paid, but its stock was gone: money returned
 FINAL = (PAID, CLOSED, REJECTED, REFUNDED)
-CAUSES = {"webhook": "notify", "query": "query"}  # how a charge was learnt -> transition cause
+# how a charge was learnt -> the transition cause in the export
+CAUSES = {"webhook": "notify", "query": "query", "bill": "reconcile"}
 
 
 class ConfigError(ValueError):
@@ -72,6 +74,7 @@ class Config:
     http_timeout_s: float = 2.0
     signature_tolerance_s: float = 300.0
     reservation_ttl_s: float = 60.0
+    reconcile_every_s: float = 2.0
     bug: str = ""
     admin_token: str = ""  # set: the audit export is served (chaosbed's full audit)
 
@@ -116,6 +119,7 @@ class Config:
             http_timeout_s=seconds("SHOP_HTTP_TIMEOUT_S", cls.http_timeout_s),
             signature_tolerance_s=seconds("SHOP_SIGNATURE_TOLERANCE_S", 300.0),
             reservation_ttl_s=seconds("SHOP_RESERVATION_TTL_S", cls.reservation_ttl_s),
+            reconcile_every_s=seconds("SHOP_RECONCILE_EVERY_S", cls.reconcile_every_s),
             bug=bug,
             admin_token=env.get("SHOP_ADMIN_TOKEN", ""),
         )
@@ -210,6 +214,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     outcome TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (done_at, due_at);
+-- how far the channel's bills have been read (one row, name 'bills')
+CREATE TABLE IF NOT EXISTS cursors (
+    name TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL
+);
 """
 
 
@@ -359,6 +368,7 @@ class Shop:
     def __init__(self, config: Config, store: Store, session: aiohttp.ClientSession) -> None:
         self.config, self.store, self.http = config, store, session
         self.locks: dict[str, asyncio.Lock] = {}
+        self.next_reconcile_at = time.time() + config.reconcile_every_s
 
     @contextlib.asynccontextmanager
     async def locked(self, order_id: str) -> AsyncIterator[None]:
@@ -533,9 +543,44 @@ class Shop:
             *(self.check_unpaid(row) for row in self.store.due(AWAITING, now)),
             *(self.run_job(row) for row in self.store.due_jobs(now)),
         ]
+        if now >= self.next_reconcile_at and self.config.bug != "no-query-on-timeout":
+            self.next_reconcile_at = now + self.config.reconcile_every_s
+            batches.append(self.reconcile())
         for outcome in await asyncio.gather(*batches, return_exceptions=True):
             if isinstance(outcome, Exception) and not isinstance(outcome, PeerDown):
                 print(f"shop: worker error: {outcome!r}", file=sys.stderr, flush=True)
+
+    async def reconcile(self) -> None:
+        """Read the channel's bills past our cursor: a charge no notification or query brought
+        in (a lost notification, a charge after the close) is taken in here, kept or refunded."""
+        row = self.store.db.execute("SELECT seq FROM cursors WHERE name = 'bills'").fetchone()
+        cursor = row[0] if row else 0
+        while True:
+            status, page = await call(
+                self.http, "GET", f"{self.config.channel_url}/bills?cursor={cursor}&limit=500"
+            )
+            entries = page.get("entries") if status == 200 else None
+            if not isinstance(entries, list) or not entries:
+                return
+            for entry in entries:
+                if entry.get("kind") != "charge":
+                    continue
+                order_id = entry.get("merchant_order_id")
+                async with self.locked(str(order_id)):
+                    with self.store.tx() as db:
+                        order = self.store.order(str(order_id))
+                        if order is None or order["payment_id"] != entry.get("payment_id"):
+                            continue  # not ours, or not this order's payment
+                        self.settle(db, order, str(entry["txn_id"]), int(entry["amount"]), "bill")
+            cursor = int(page.get("next_cursor", cursor))
+            with self.store.tx() as db:
+                db.execute(
+                    "INSERT INTO cursors (name, seq) VALUES ('bills', ?) "
+                    "ON CONFLICT(name) DO UPDATE SET seq = excluded.seq",
+                    (cursor,),
+                )
+            if len(entries) < 500:
+                return
 
     def later(self, order_id: str, delay_s: float) -> None:
         with self.store.tx() as db:

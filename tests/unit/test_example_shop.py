@@ -188,6 +188,7 @@ async def rig(
         query_after_s=2.0,
         close_after_s=10.0,
         tick_s=0.05,
+        reconcile_every_s=3600.0,  # bills are read only where a test calls reconcile()
         bug=bug,
         admin_token=admin_token,
     )
@@ -410,6 +411,35 @@ async def test_a_charge_after_close_is_refunded(tmp_path: Path) -> None:
         await r.until(refunded, "the late charge refunded")
         assert await r.ledger(order["id"]) == ["close", "charge", "refund"]
         assert (await r.order(order["id"]))["state"] == "closed"
+
+
+async def test_a_late_charge_whose_notification_was_lost_is_found_in_the_bills(
+    tmp_path: Path,
+) -> None:
+    async with rig(tmp_path) as r:
+        await r.knobs(accept_pay_after_close=True, notify_drop_rate=1.0)
+        _, order = await r.place("key-1")
+        r.age(order["id"])
+        await r.state_is(order["id"], "closed")
+        status, _ = await r.pay(order["payment_id"])
+        assert status == 200
+        for _ in range(3):
+            await r.shop.tick()
+        # no notification, and a closed order is not queried: only the bills tell
+        assert await r.ledger(order["id"]) == ["close", "charge"]
+        await r.shop.reconcile()
+
+        async def refunded() -> bool:
+            return (await r.payment(order["payment_id"]))["status"] == "REFUNDED"
+
+        await r.until(refunded, "the late charge found in the bills and refunded")
+        assert await r.ledger(order["id"]) == ["close", "charge", "refund"]
+        learnt = r.shop.store.db.execute("SELECT learnt_from FROM charges").fetchone()[0]
+        assert learnt == "bill"
+        await r.shop.reconcile()  # the cursor moved on: read twice, refunded once
+        for _ in range(3):
+            await r.shop.tick()
+        assert await r.ledger(order["id"]) == ["close", "charge", "refund"]
 
 
 # --- the planted bug -----------------------------------------------------------------------
