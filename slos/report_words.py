@@ -15,7 +15,7 @@ from typing import Any
 
 from slos.audit import AuditResult
 from slos.checkers import INVALID, UNKNOWN, VALID
-from slos.evaluate import FAIL_TIER, PASS, WARNING, ObjectiveResult
+from slos.evaluate import FAIL_TIER, NOT_APPLICABLE, PASS, WARNING, ObjectiveResult
 from slos.expr import ExpressionError, Threshold, parse
 from slos.model import Objective
 from slos.report_impact import Exposure, Impact
@@ -26,7 +26,7 @@ VERDICT_WORDS = {PASS: "PASS — safe to release", WARNING: "PASS WITH WARNINGS 
                  FAIL_TIER: "FAIL — do not release", UNKNOWN: "UNKNOWN — not enough evidence",
                  "error": "ERROR — the check itself failed"}
 STATUS_WORDS = {PASS: "met", WARNING: "nearly met", FAIL_TIER: "missed",
-                UNKNOWN: "not enough evidence"}
+                UNKNOWN: "not enough evidence", NOT_APPLICABLE: "not applicable"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,6 +324,8 @@ def status(result: ObjectiveResult) -> str:
         return f"{words}: {result.samples:,} measurements, {result.min_samples:,} needed"
     if result.tier == UNKNOWN:
         return f"{words}: could not be measured"
+    if result.tier == NOT_APPLICABLE:
+        return f"{words}: {result.reason}"
     return words
 
 
