@@ -4,8 +4,9 @@
 is caught before minutes of load.  The prediction is arithmetic on the load spec, not a
 simulation: journeys per second of each user class (the locustfile's pacing toward `rate`,
 never faster than a journey takes on a healthy stack) × the seconds of the objective's phase
-(the timeline's fault windows, plus an assumed recovery after each heal) × the operations of
-that kind a journey makes.  A flash sale's extra users are not counted (the stack, not the
+(the timeline's fault windows, plus an assumed recovery after each heal, less the time a
+fault stops the operation outright or the stock is sold out) × the operations of that kind a
+journey makes.  A flash sale's extra users are not counted (the stack, not the
 user count, limits the peak), so the figures lean low: a run on a healthy stack gets at least
 about this many.
 """
@@ -44,6 +45,8 @@ DEPENDS: dict[str, frozenset[str]] = {
     "place_order": _PLACE, "pay": _PLACE | {"client_channel"}, "poll": _PLACE,
     "paid": _PLACE | {"client_channel"},
 }
+MEAN_QTY = 2.0  # a shopper orders randint(1, 3) units
+NEEDS_STOCK = frozenset({"pay", "paid"})  # nothing left to sell: orders are refused, not paid
 ASSUMED_RECOVERY_S = 2.0  # after each heal, until success is back (measured: 0-4 s)
 TIGHT_MARGIN = 1.3  # fewer than 1.3 x the needed samples: a slower machine may fall short
 
@@ -58,6 +61,7 @@ class Prediction:
     need: int
     basis: str  # how the figure was reached, in words
     not_applicable: str | None = None
+    exact: bool = False  # a count known in advance (heals), not an estimate
 
     @property
     def would_be_unknown(self) -> bool:
@@ -65,7 +69,7 @@ class Prediction:
 
     @property
     def tight(self) -> bool:
-        return (self.not_applicable is None and not self.would_be_unknown
+        return (self.not_applicable is None and not self.would_be_unknown and not self.exact
                 and self.samples < self.need * TIGHT_MARGIN)
 
     @property
@@ -103,6 +107,24 @@ class LoadModel:
         windows = [(s.at, s.end) for s in scenario.timeline]
         self.timeline = Timeline(windows, self._recovery(windows))
         self.ramp_s = load.users / load.spawn_rate / 2 + self.pace / 2  # users start late
+        # shoppers pick a sku at random: each sells out on its own, then its orders are refused
+        share = self.rates.get("paid", 0.0) / len(load.skus)
+        self.sold_out = [self._sold_out_at(units / MEAN_QTY, share) for units in load.skus.values()]
+
+    def _sold_out_at(self, orders: float, paid: float) -> float:
+        """When `orders` paid orders at `paid`/s (a spike's users counted) empty a sku."""
+        load, end = self.scenario.load, self.scenario.duration
+        if paid <= 0:
+            return end
+        spike_at = load.spike_at if load.shape == "flash_sale" and load.spike_at else end
+        spike_end = min(end, spike_at + (load.spike_for or 0.0))
+        before = paid * spike_at
+        if orders <= before:
+            return orders / paid
+        during = paid * load.spike_factor * (spike_end - spike_at)
+        if orders <= before + during:
+            return spike_at + (orders - before) / (paid * load.spike_factor)
+        return min(end, spike_end + (orders - before - during) / paid)
 
     def journey_s(self, cls: str) -> float:
         if cls == "late_payer":
@@ -135,16 +157,36 @@ class LoadModel:
     def seconds(self, phase: str) -> float:
         return self.timeline.duration(phase, 0.0, self.scenario.duration)
 
-    def live_seconds(self, phase: str, ops: frozenset[str]) -> float:
-        """Seconds of `phase` in which every operation of `ops` can succeed (after the ramp)."""
-        needs = frozenset().union(*(DEPENDS.get(f, frozenset()) for f in ops))
+    def live_seconds(self, phase: str, ops: frozenset[str], *, ok_only: bool) -> float:
+        """Seconds of `phase` in which the operations `ops` happen (after the ramp; for a
+        payment, averaged over the skus while each is in stock) and, if `ok_only`, can
+        succeed."""
+        needs = frozenset().union(*(DEPENDS.get(f, frozenset()) for f in ops)) if ok_only \
+            else frozenset()
         dead = Timeline([(s.at, s.end) for s in self.scenario.timeline
                          if s.fault in STOPPING and s.target in needs], [])
-        stopped = sum(min(e, self.scenario.duration) - s for s, e in dead.faults)
-        seconds = self.seconds(phase) - (stopped if phase in ("fault", "all") else 0.0)
-        if phase in ("steady", "all"):
-            seconds -= self.ramp_s
-        return max(0.0, seconds)
+        ends = self.sold_out if ops & NEEDS_STOCK else [self.scenario.duration]
+        total = 0.0
+        for end in ends:
+            seconds = self.timeline.duration(phase, 0.0, end)
+            if phase in ("fault", "all"):
+                seconds -= sum(max(0.0, min(e, end) - s) for s, e in dead.faults)
+            if phase in ("steady", "all"):
+                seconds -= self.ramp_s
+            total += max(0.0, seconds)
+        return total / len(ends)
+
+    def stragglers(self, phase: str, ops: frozenset[str]) -> float:
+        """Orders caught by a fault that stops them and placed once it heals (the client
+        retries): about one per shopping user per such window."""
+        if phase not in ("fault", "all") or "place_order" not in ops:
+            return 0.0
+        windows = sum(1 for s in self.scenario.timeline
+                      if s.fault in STOPPING and s.target in DEPENDS["place_order"] and s.for_)
+        return windows * sum(self.users.get(c, 0) for c in SHOPPING)
+
+    def sold_out_before_the_end(self) -> bool:
+        return min(self.sold_out) < self.scenario.duration
 
     def rate(self, names: frozenset[str] | set[str]) -> float:
         return sum(self.rates.get(f, 0.0) for f in names)
@@ -164,8 +206,8 @@ def _predict(model: LoadModel, slo: SloFile, o: Objective) -> Prediction:
     need = required_samples(o, slo)
     absent = phase_absent(o, has_faults=bool(model.scenario.timeline))
 
-    def made(samples: float, basis: str) -> Prediction:
-        return Prediction(o.name, o.sli, o.op, o.phase, int(samples), need, basis, absent)
+    def made(samples: float, basis: str, exact: bool = False) -> Prediction:
+        return Prediction(o.name, o.sli, o.op, o.phase, int(samples), need, basis, absent, exact)
 
     if absent is not None:
         return made(0, absent)
@@ -174,12 +216,14 @@ def _predict(model: LoadModel, slo: SloFile, o: Objective) -> Prediction:
         names = frozenset({"paid"})
     # only ok operations are samples of a time; success rates count the failures too
     ok_only = o.sli != "success_rate"
-    seconds = model.live_seconds(o.phase, names if ok_only else frozenset())
+    seconds = model.live_seconds(o.phase, names, ok_only=ok_only)
     during = f"{seconds:.0f} s {o.phase}" if o.phase != "all" else f"{seconds:.0f} s"
-    if ok_only and model.seconds(o.phase) - seconds > model.ramp_s + 0.5:
-        during += " it can succeed in"
+    if model.seconds(o.phase) - seconds > model.ramp_s + 0.5:
+        during += " it can succeed in" if ok_only else " it happens in"
+        if names & NEEDS_STOCK and model.sold_out_before_the_end():
+            during += " (some stock sells out)"
     if o.sli == "recovery_time":
-        return made(len(model.scenario.timeline), "one per heal of the timeline")
+        return made(len(model.scenario.timeline), "one per heal of the timeline", exact=True)
     if o.sli == "anomaly":
         every = model.rate(set(model.rates) - {"paid"})
         loaded = model.scenario.duration - model.ramp_s
@@ -189,7 +233,9 @@ def _predict(model: LoadModel, slo: SloFile, o: Objective) -> Prediction:
         return made(paid * seconds, f"{paid:.1f} paid orders/s × {during}")
     per_second = model.rate(names)
     what = "journey operations" if o.op in (None, "journey") else f"{o.op}"
-    return made(per_second * seconds, f"{per_second:.1f} {what}/s × {during}")
+    late = model.stragglers(o.phase, names) if ok_only else 0.0
+    caught = f" + {late:.0f} caught by a stopping fault" if late else ""
+    return made(per_second * seconds + late, f"{per_second:.1f} {what}/s × {during}{caught}")
 
 
 def render_predictions(scenario: Scenario, slo: SloFile, predictions: list[Prediction]) -> str:
