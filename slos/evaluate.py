@@ -298,10 +298,16 @@ class Evaluator:
         if sli == "confirmation_time":
             c = confirmation_samples(self.facts)
             times = [s for t, s in c.samples if timeline.keeps(o.phase, t)]
-            gave_up = sum(1 for t, _ in c.gave_up if timeline.keeps(o.phase, t))
+            waited = [t for t, _ in c.gave_up if timeline.keeps(o.phase, t)]
+            # a shopper still watching when the load stopped did not give up: the run ended
+            cut = self.cut_short(waited)
+            gave_up = len(waited) - cut
             total = len(times) + gave_up
+            note = f"{gave_up} shopper(s) never saw PAID"
+            if cut:
+                note += f"; {cut} still waiting when the load ended (not counted)"
             return Measurement(times, scalar=len(times) / total if total else None,
-                               samples=total, note=f"{gave_up} shopper(s) never saw PAID")
+                               samples=total, note=note)
         ops = [op for op in self.ops(self.ops_of(o.op)) if timeline.keeps(o.phase, op.start)]
         if sli == "latency":
             values = [op.latency for op in ops if op.outcome == OK and op.latency is not None]
@@ -312,6 +318,13 @@ class Evaluator:
             return Measurement(scalar=ok / counted if counted else None, samples=counted,
                                note=f"{ok} ok of {counted}")
         return self._throughput(o, ops, timeline)
+
+    def cut_short(self, paid_at: list[float]) -> int:
+        """How many of these payers paid less than max_poll before the load ended."""
+        run = self.records.run
+        if run.max_poll is None or run.load_ended is None:
+            return 0
+        return sum(1 for t in paid_at if t + run.max_poll > run.load_ended)
 
     def _throughput(self, o: Objective, ops: list[Op], timeline: Timeline) -> Measurement:
         start, end = self.load_span()

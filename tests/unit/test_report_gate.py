@@ -221,9 +221,10 @@ def test_cmd_report_uses_the_slo_recorded_in_the_run(tmp_path: Path,
 def test_loader_reads_the_sweeper_period_and_run_times(tmp_path: Path) -> None:
     run = run_dir(tmp_path, clean_run(3))
     (run / "scenario.yaml").write_text(yaml.safe_dump(
-        {"name": "smoke", "duration": "40s", "settle": "15s", "services": {"sweep_every_s": 1}}))
+        {"name": "smoke", "duration": "40s", "settle": "15s", "services": {"sweep_every_s": 1},
+         "load": {"max_poll": "10s"}}))
     records = load_run(run)
-    assert records.run.sweep_every_s == 1.0
+    assert records.run.sweep_every_s == 1.0 and records.run.max_poll == 10.0
     assert records.run.duration == 40.0 and records.run.settle == 15.0
     assert records.reference_time() == records.run.settle_ended
 

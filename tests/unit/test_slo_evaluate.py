@@ -219,3 +219,17 @@ def test_a_baseline_without_the_files_tolerance_is_refused() -> None:
     latency = {"name": "lat", "sli": "latency", "op": "place_order", "pass": "p(99) < 1s"}
     with pytest.raises(BaselineError, match="no baseline.max_regression"):
         measure(r, latency, previous={"objectives": [{"name": "lat", "measured": 0.015}]})
+
+
+def test_a_shopper_still_waiting_when_the_load_ended_did_not_give_up() -> None:
+    """100 orders over 60 s: 3 payers in the middle and the last 3 never see PAID."""
+    records = clean_run(100)
+    blind = {"o-40", "o-41", "o-42", "o-97", "o-98", "o-99"}
+    records.ops = [op for op in records.ops if not (op.f == "poll" and op.order_id in blind)]
+    seen = {"name": "seen", "sli": "confirmation_time", "pass": "rate >= 99%"}
+    counted = one(records, **seen)
+    assert counted.samples == 100 and counted.measured == pytest.approx(0.94)
+    records.run.max_poll = 10.0  # the last three paid within 10 s of the load's end
+    result = one(records, **seen)
+    assert result.samples == 97 and result.measured == pytest.approx(94 / 97)
+    assert "3 shopper(s) never saw PAID; 3 still waiting when the load ended" in result.reason
