@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loadtests.history import LOAD_STOPPED
 from rundir import RunDirError, read_json
 from slos.audit import AuditResult
 from slos.checkers import (
@@ -313,10 +314,15 @@ class Evaluator:
             values = [op.latency for op in ops if op.outcome == OK and op.latency is not None]
             return Measurement(values, samples=len(values))
         if sli == "success_rate":
+            # cut short by the load generator's own stop: no answer was awaited, none is missing
+            stopped = sum(1 for op in ops if op.outcome == INFO and op.error == LOAD_STOPPED)
             ok = sum(1 for op in ops if op.outcome == OK)
-            counted = sum(1 for op in ops if op.outcome in (OK, FAIL, INFO))
+            counted = sum(1 for op in ops if op.outcome in (OK, FAIL, INFO)) - stopped
+            note = f"{ok} ok of {counted}"
+            if stopped:
+                note += f"; {stopped} cut short when the load stopped (not counted)"
             return Measurement(scalar=ok / counted if counted else None, samples=counted,
-                               note=f"{ok} ok of {counted}")
+                               note=note)
         return self._throughput(o, ops, timeline)
 
     def cut_short(self, paid_at: list[float]) -> int:

@@ -194,8 +194,10 @@ class SloFile(BaseModel):
         seen: set[str] = set()
         for index, objective in enumerate(self.objectives):
             if objective.name in seen:
-                raise FieldProblem(("objectives", index, "name"), f"objectives[{index}] ({objective.name!r}): name is used twice; "
-                                 "names identify objectives in junit and baseline comparisons")
+                raise FieldProblem(
+                    ("objectives", index, "name"),
+                    f"objectives[{index}] ({objective.name!r}): name is used twice; "
+                    "names identify objectives in junit and baseline comparisons")
             seen.add(objective.name)
         return self
 
@@ -248,10 +250,10 @@ def line_of(root: yaml.Node | None, loc: tuple[str | int, ...]) -> int:
                 if key.value == part:
                     child, line = value, key.start_mark.line
                     break
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-            if 0 <= part < len(node.value):
-                child = node.value[part]
-                line = child.start_mark.line
+        elif (isinstance(node, yaml.SequenceNode) and isinstance(part, int)
+              and 0 <= part < len(node.value)):
+            child = node.value[part]
+            line = child.start_mark.line
         if child is None:
             break
         node = child

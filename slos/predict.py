@@ -13,9 +13,9 @@ about this many.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from faults.scenario import Scenario, UserClass
 from services.common.settings import Settings
@@ -81,12 +81,12 @@ class Prediction:
         return "tight" if self.tight else "ok"
 
 
-def users_per_class(mix: Mapping[str, int], users: int) -> dict[str, int]:
+def users_per_class(mix: Mapping[Any, int], users: int) -> dict[str, int]:
     """Users of each class: Locust splits the users by weight (largest remainder)."""
     total = sum(mix.values())
     if total <= 0:
         return {}
-    exact = {name: users * weight / total for name, weight in mix.items()}
+    exact = {str(name): users * weight / total for name, weight in mix.items()}
     counts = {name: int(share) for name, share in exact.items()}
     left = users - sum(counts.values())
     for name in sorted(exact, key=lambda n: exact[n] - counts[n], reverse=True)[:left]:
@@ -193,7 +193,7 @@ class LoadModel:
 
 
 def _default_close_after_s() -> float:
-    return float(next(f.default for f in dataclasses.fields(Settings) if f.name == "close_after_s"))
+    return float(Settings.close_after_s)  # the dataclass field's default
 
 
 def predict(scenario: Scenario, slo: SloFile) -> list[Prediction]:

@@ -306,3 +306,24 @@ def test_check_with_a_baseline_never_rewrites_the_baselines_files(
     assert code == 1 and "regressed" in capsys.readouterr().out  # the comparison happened
     assert checksums() == before
     assert json.loads((after / "result.json").read_text())["baseline"]["path"] == str(base)
+
+
+def test_an_objective_of_an_absent_phase_is_skipped_in_junit_and_does_not_block(
+        tmp_path: Path) -> None:
+    during = {"name": "fast during faults", "sli": "latency", "op": "place_order",
+              "phase": "fault", "pass": "p(95) < 1s"}
+    objectives = [*GATE["objectives"], during]  # type: ignore[misc]
+    calm = evaluate_run(run_dir(tmp_path, clean_run(200), "calm"),
+                        slo_file(tmp_path, objectives=objectives), None)
+    assert (calm.verdict, calm.exit_code) == ("pass", 0)
+    root = ET.parse(calm.run_dir / "junit.xml").getroot()
+    case = next(c for c in root.iter("testcase") if c.get("name") == "fast during faults")
+    skipped = case.find("skipped")
+    assert skipped is not None and "no fault phase" in (skipped.get("message") or "")
+    assert root.get("skipped") == "1"
+    entry = json.loads((calm.run_dir / "result.json").read_text())["objectives"][-1]
+    assert entry["tier"] == "not_applicable" and "no fault phase" in entry["reason"]
+    assert "not applicable" in (calm.run_dir / "report.md").read_text()
+    stormy = evaluate_run(run_dir(tmp_path, name="stormy"),
+                          slo_file(tmp_path, objectives=objectives), None)
+    assert stormy.objectives[-1].tier == "pass"  # the same objective, decided with faults

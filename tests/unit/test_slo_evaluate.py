@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from loadtests.history import LOAD_STOPPED
 from slos.audit import audit
 from slos.evaluate import BaselineError, Evaluator, ObjectiveResult, fault_windows
 from slos.model import SloFile
@@ -233,3 +234,14 @@ def test_a_shopper_still_waiting_when_the_load_ended_did_not_give_up() -> None:
     result = one(records, **seen)
     assert result.samples == 97 and result.measured == pytest.approx(94 / 97)
     assert "3 shopper(s) never saw PAID; 3 still waiting when the load ended" in result.reason
+
+
+def test_an_operation_cut_short_by_the_load_stopping_is_not_a_failure() -> None:
+    records = clean_run(100)
+    places = [op for op in records.ops if op.f == "place_order"]
+    places[-1].outcome, places[-1].error = "info", LOAD_STOPPED  # open when Locust stopped
+    places[50].outcome, places[50].error = "info", "ReadTimeout"  # the service never answered
+    rate = {"name": "ok", "sli": "success_rate", "op": "place_order", "pass": "rate >= 99.5%"}
+    result = one(records, **rate)
+    assert result.samples == 99 and result.measured == pytest.approx(98 / 99)
+    assert "1 cut short when the load stopped (not counted)" in result.reason
