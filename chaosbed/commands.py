@@ -119,14 +119,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         if problem:
             say(f"bad SLO file: {problem}")
             return EXIT_HARNESS
-    if getattr(args, "dry_run", False):
-        return _dry_run(scenario, slo_path)
     baseline = Path(args.baseline) if args.baseline else None
     if baseline is not None:
         problem = _baseline_problem(baseline, scenario, args, slo_path)
         if problem:
             say(f"--baseline {baseline}: {problem}")
             return EXIT_HARNESS
+    if getattr(args, "dry_run", False):
+        return _dry_run(scenario, slo_path)
     attach = Path(args.attach) if args.attach else None
     if attach is not None and not attach.is_file():
         say(f"--attach {attach}: no such stack.json")

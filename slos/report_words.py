@@ -350,9 +350,12 @@ def headline(verdict: str, results: Sequence[ObjectiveResult], audit: AuditResul
     missed = [r for r in results if r.tier == FAIL_TIER]
     missed.sort(key=lambda r: not r.key)
     if verdict == PASS:
+        decided = [r for r in results if r.tier != NOT_APPLICABLE]
+        skipped = len(results) - len(decided)
+        aside = f" ({skipped} not applicable to this run)" if skipped else ""
         return ("No money or stock was lost, no order was lost or duplicated, and "
-                f"{'the' if len(results) == 1 else 'all'} {count(len(results), 'objective')} "
-                f"{'was' if len(results) == 1 else 'were'} met.")
+                f"{'the' if len(decided) == 1 else 'all'} {count(len(decided), 'objective')} "
+                f"{'was' if len(decided) == 1 else 'were'} met{aside}.")
     if verdict == WARNING:
         near = [r.name for r in results if r.tier == WARNING]
         return (f"No money or stock was lost, but {count(len(near), 'objective')} "

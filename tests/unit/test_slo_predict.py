@@ -12,6 +12,7 @@ from chaosbed.commands import cmd_run
 from faults.scenario import Scenario, list_scenarios, load_scenario
 from slos.model import SloFile, load_slo
 from slos.predict import LoadModel, predict, users_per_class
+from slos.synthetic import clean_run, write_run
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -139,3 +140,23 @@ def test_dry_run_refuses_bad_files_before_predicting(
     assert cmd_run(run_args(slo=str(bad))) == 3
     assert f"{bad}:3: objective 0" in capsys.readouterr().err
     assert cmd_run(run_args(scenario="no-such-scenario")) == 3
+
+
+def test_run_refuses_an_incomparable_baseline_before_anything_starts(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    records = clean_run(20)
+    records.run.scenario = "smoke"
+    other_seed = write_run(records, tmp_path / "base", seed=7)
+    (other_seed / "result.json").write_text("{}")
+    runs = tmp_path / "runs"
+    no_tolerance = run_args(slo="slos/smoke.yaml", baseline=str(other_seed), dry_run=False,
+                            runs_dir=str(runs))
+    assert cmd_run(no_tolerance) == 3
+    assert "needs a tolerance" in capsys.readouterr().err
+    seed = run_args(baseline=str(other_seed), dry_run=False, runs_dir=str(runs))
+    assert cmd_run(seed) == 3
+    assert "seed 7 in the baseline, 42 in this run" in capsys.readouterr().err
+    assert not runs.exists()
+    forced = run_args(baseline=str(other_seed), force_baseline=True, runs_dir=str(runs))
+    assert cmd_run(forced) == 0  # the dry run goes on past the forced comparison
+    assert not runs.exists()
