@@ -2,7 +2,9 @@
 PY := .venv/bin/python
 export PATH := $(CURDIR)/bin:$(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: setup run test test-slow lint bench dashboards clean
+.PHONY: setup run test test-slow gate-soak lint bench dashboards clean
+
+GATE_SOAK_N ?= 3
 
 setup:
 	@scripts/setup.sh
@@ -19,6 +21,11 @@ test: lint
 
 test-slow: setup
 	$(PY) -m pytest -m slow -q
+
+# every shipped scenario GATE_SOAK_N times with slos/release.yaml on the correct build: false
+# alarms per scenario and objective (runs/gate-soak.json); exit 1 if any
+gate-soak: setup
+	$(PY) -m benchmarks.gate_soak --n $(GATE_SOAK_N)
 
 bench: setup
 	$(PY) -m chaosbed.bench

@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=int, default=0, help="Locust worker processes (0 = in the master)"
     )
     run.add_argument("--baseline", help="a previous run directory to compare against")
+    run.add_argument("--force-baseline", action="store_true",
+                     help="compare with a baseline of another scenario, seed or worker count")
+    run.add_argument("--dry-run", action="store_true",
+                     help="validate the scenario and SLO file, predict each objective's samples "
+                          "(exit 2 if some would be unknown); start nothing")
     run.add_argument("--attach", help="use a running stack described by this stack.json")
     run.add_argument("--observe", action="store_true", help="also start Prometheus and Jaeger")
     run.add_argument("--runs-dir", default="runs", help="where the run directory is created")
@@ -70,11 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("run_dir")
     check.add_argument("--slo", required=True)
     check.add_argument("--baseline", help="a previous run directory to compare against")
+    check.add_argument("--force-baseline", action="store_true",
+                       help="compare with a baseline of another scenario, seed or worker count")
 
     report = sub.add_parser("report", help="rebuild result.json, junit.xml and reports of a run")
     report.add_argument("run_dir")
     report.add_argument("--slo", help="SLO file (default: the one recorded in the run)")
     report.add_argument("--baseline", help="a previous run directory to compare against")
+    report.add_argument("--force-baseline", action="store_true",
+                        help="compare with a baseline of another scenario, seed or worker count")
 
     sub.add_parser("scenarios", help="list the shipped scenarios")
     targets = sub.add_parser("targets", help="list the order services under test (targets/)")

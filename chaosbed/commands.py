@@ -13,10 +13,13 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chaosbed import proc
 from chaosbed.exits import EXIT_HARNESS, EXIT_USAGE
+
+if TYPE_CHECKING:
+    from faults.scenario import Scenario
 
 
 def in_repo(path: str | Path) -> Path:
@@ -169,9 +172,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         say(f"bad SLO file: {problem}")
         return EXIT_HARNESS
     baseline = Path(args.baseline) if args.baseline else None
-    if baseline is not None and not (baseline / "result.json").is_file():
-        say(f"--baseline {baseline}: not a finished run directory (no result.json)")
-        return EXIT_HARNESS
+    if baseline is not None:
+        problem = _baseline_problem(baseline, scenario, args, slo_path)
+        if problem:
+            say(f"--baseline {baseline}: {problem}")
+            return EXIT_HARNESS
+    if getattr(args, "dry_run", False):
+        return _dry_run(scenario, slo_path)
     attach = Path(args.attach) if args.attach else None
     if attach is not None and not attach.is_file():
         say(f"--attach {attach}: no such stack.json")
@@ -205,6 +212,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         workers=args.workers,
         slo_path=slo_path,
         baseline=baseline,
+        force_baseline=bool(getattr(args, "force_baseline", False)),
         attach=attach,
         observe=bool(args.observe),
         target=target,
@@ -229,6 +237,41 @@ def cmd_faults(args: argparse.Namespace) -> int:
     return run_timeline(options)
 
 
+def _dry_run(scenario: Scenario, slo_path: Path | None) -> int:
+    """`chaosbed run --dry-run`: both files are valid (checked above); predict the samples."""
+    from chaosbed.exits import EXIT_UNKNOWN
+    from slos.model import load_slo
+    from slos.predict import predict, render_predictions
+
+    if slo_path is None:
+        print("chaosbed run: --dry-run needs --slo FILE", file=sys.stderr)
+        return EXIT_USAGE
+    slo = load_slo(slo_path)
+    predictions = predict(scenario, slo)
+    print(render_predictions(scenario, slo, predictions))
+    return EXIT_UNKNOWN if any(p.would_be_unknown for p in predictions) else 0
+
+
+def _baseline_problem(baseline: Path, scenario: Scenario, args: argparse.Namespace,
+                      slo_path: Path | None) -> str | None:
+    """Why `--baseline` cannot be used for this run, before anything starts; or None."""
+    from slos.baseline import check_comparable, require_tolerance
+    from slos.evaluate import BaselineError
+    from slos.model import load_slo
+
+    if not (baseline / "result.json").is_file():
+        return "not a finished run directory (no result.json)"
+    if slo_path is None:
+        return "needs --slo (the tolerance comes from the SLO file)"
+    try:
+        require_tolerance(load_slo(slo_path))
+        current = {"scenario": scenario.name, "seed": scenario.seed, "workers": args.workers}
+        check_comparable(current, baseline, force=bool(getattr(args, "force_baseline", False)))
+    except BaselineError as exc:
+        return str(exc)
+    return None
+
+
 def _slo_problem(path: Path) -> str | None:
     """The SLO file's load error, or None."""
     from slos.model import load_slo
@@ -249,7 +292,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     from slos.gate import evaluate_run, render_text
 
     baseline = in_repo(args.baseline) if getattr(args, "baseline", None) else None
-    gate = evaluate_run(Path(args.run_dir), in_repo(args.slo), baseline)
+    gate = evaluate_run(Path(args.run_dir), in_repo(args.slo), baseline,
+                        force_baseline=bool(getattr(args, "force_baseline", False)))
     print(render_text(gate))
     return gate.exit_code
 
@@ -268,7 +312,8 @@ def cmd_report(args: argparse.Namespace) -> int:
             print(render_text(failed))
             return failed.exit_code
     baseline = in_repo(args.baseline) if getattr(args, "baseline", None) else None
-    gate = evaluate_run(run_dir, in_repo(slo), baseline)
+    gate = evaluate_run(run_dir, in_repo(slo), baseline,
+                        force_baseline=bool(getattr(args, "force_baseline", False)))
     print(render_text(gate))
     return gate.exit_code
 

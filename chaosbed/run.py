@@ -141,6 +141,7 @@ class RunPipeline:
         target: Target | None = None,
         out: Path | None = None,
         json_summary: bool = False,
+        force_baseline: bool = False,
     ) -> None:
         self.scenario = scenario
         self.scenario_text = scenario_text
@@ -149,6 +150,7 @@ class RunPipeline:
         self.workers = workers
         self.slo_path = slo_path
         self.baseline = baseline
+        self.force_baseline = force_baseline
         self.attach = attach
         self.observe = observe
         self.target = target  # None: the bundled order service
@@ -191,6 +193,7 @@ class RunPipeline:
             "bugs": self.bugs,
             "slo": str(self.slo_path) if self.slo_path else None,
             "workers": self.workers,
+            "seed": self.scenario.seed,
             "baseline": str(self.baseline) if self.baseline else None,
             "attached": str(self.attach) if self.attach else None,
             "target": self.target.name if self.target else None,
@@ -467,7 +470,8 @@ class RunPipeline:
 
         self.console.print("evaluating objectives…", highlight=False)
         try:
-            result = evaluate_run(self.run_dir, self.slo_path, self.baseline)
+            result = evaluate_run(self.run_dir, self.slo_path, self.baseline,
+                                  force_baseline=self.force_baseline)
         except Exception as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise HarnessFailure(f"the gate could not evaluate the run: {first}") from exc

@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 from rundir import iter_ndjson
 
+LOAD_STOPPED = "interrupted: load stopped"  # the error of an operation open when the load stopped
+
 # late_pay: a pay issued after the order was seen CLOSED (a refund is the right outcome)
 # declined_pay: a pay with a card the channel declines (a refusal is the right outcome)
 OPERATIONS = ("place_order", "pay", "poll", "forge", "browse", "late_pay", "declined_pay")
@@ -88,7 +90,7 @@ class Operation:
         elif issubclass(exc_type, Exception):
             self.info(f"interrupted: {exc_type.__name__}: {exc}")
         else:
-            self.info("interrupted: load stopped")
+            self.info(LOAD_STOPPED)
 
 
 @dataclass
@@ -154,7 +156,7 @@ class HistoryRecorder:
         self._pending.append(record)
         self.produced += 1
 
-    def interrupt_open(self, reason: str = "interrupted: load stopped") -> int:
+    def interrupt_open(self, reason: str = LOAD_STOPPED) -> int:
         """Complete every operation still in flight as `info`; returns how many there were."""
         ops = list(self._open.values())
         for op in ops:

@@ -3,7 +3,9 @@
 SLIs come from the history (latency of ok ops, invoke → completion; success = ok / (ok + fail +
 info); throughput = ok ops per second), from the audit (anomaly counts, P11 payment lag, P11'
 confirmation time) and from faults.ndjson (phases, recovery time).  Tiers as in Keptn: pass,
-warning, fail; too few samples is unknown, never a pass.
+warning, fail; too few samples is unknown, never a pass.  An objective about a phase the run
+does not have (`fault`, `recovery` or recovery time in a run whose timeline has no fault) is
+`not_applicable`, with the reason: it neither passes nor blocks.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loadtests.history import LOAD_STOPPED
 from rundir import RunDirError, read_json
 from slos.audit import AuditResult
 from slos.checkers import (
@@ -25,11 +28,12 @@ from slos.checkers import (
     percentile,
 )
 from slos.expr import Threshold
-from slos.model import Baseline, Objective, SloFile
+from slos.model import Objective, SloFile
 from slos.paths import never_walked
 from slos.records import FAIL, INFO, OK, Op, Records
 
 PASS, WARNING, FAIL_TIER = "pass", "warning", "fail"
+NOT_APPLICABLE = "not_applicable"  # the objective's phase does not exist in this run
 JOURNEY_OPS = frozenset({"place_order", "pay", "poll"})
 RECOVERY_WINDOW_S = 5.0  # the rolling window of "success is back"
 RECOVERY_STEP_S = 1.0
@@ -79,7 +83,7 @@ class ObjectiveResult:
     shown: str
     samples: int
     min_samples: int
-    tier: str  # pass | warning | fail | unknown
+    tier: str  # pass | warning | fail | unknown | not_applicable
     reason: str = ""
     error_budget_used: float | None = None
     baseline: dict[str, Any] | None = None
@@ -296,20 +300,38 @@ class Evaluator:
         if sli == "confirmation_time":
             c = confirmation_samples(self.facts)
             times = [s for t, s in c.samples if timeline.keeps(o.phase, t)]
-            gave_up = sum(1 for t, _ in c.gave_up if timeline.keeps(o.phase, t))
+            waited = [t for t, _ in c.gave_up if timeline.keeps(o.phase, t)]
+            # a shopper still watching when the load stopped did not give up: the run ended
+            cut = self.cut_short(waited)
+            gave_up = len(waited) - cut
             total = len(times) + gave_up
+            note = f"{gave_up} shopper(s) never saw PAID"
+            if cut:
+                note += f"; {cut} still waiting when the load ended (not counted)"
             return Measurement(times, scalar=len(times) / total if total else None,
-                               samples=total, note=f"{gave_up} shopper(s) never saw PAID")
+                               samples=total, note=note)
         ops = [op for op in self.ops(self.ops_of(o.op)) if timeline.keeps(o.phase, op.start)]
         if sli == "latency":
             values = [op.latency for op in ops if op.outcome == OK and op.latency is not None]
             return Measurement(values, samples=len(values))
         if sli == "success_rate":
+            # cut short by the load generator's own stop: no answer was awaited, none is missing
+            stopped = sum(1 for op in ops if op.outcome == INFO and op.error == LOAD_STOPPED)
             ok = sum(1 for op in ops if op.outcome == OK)
-            counted = sum(1 for op in ops if op.outcome in (OK, FAIL, INFO))
+            counted = sum(1 for op in ops if op.outcome in (OK, FAIL, INFO)) - stopped
+            note = f"{ok} ok of {counted}"
+            if stopped:
+                note += f"; {stopped} cut short when the load stopped (not counted)"
             return Measurement(scalar=ok / counted if counted else None, samples=counted,
-                               note=f"{ok} ok of {counted}")
+                               note=note)
         return self._throughput(o, ops, timeline)
+
+    def cut_short(self, paid_at: list[float]) -> int:
+        """How many of these payers paid less than max_poll before the load ended."""
+        run = self.records.run
+        if run.max_poll is None or run.load_ended is None:
+            return 0
+        return sum(1 for t in paid_at if t + run.max_poll > run.load_ended)
 
     def _throughput(self, o: Objective, ops: list[Op], timeline: Timeline) -> Measurement:
         start, end = self.load_span()
@@ -345,19 +367,27 @@ class Evaluator:
 
     # tiers
 
+    def absent_phase(self, o: Objective) -> str | None:
+        """Why `o` does not apply to this run (its phase is not in the timeline), or None.
+
+        Only a timeline with no fault at all lacks phases: a fault that failed to apply is
+        still a fault event (unknown, not a pass), and a run without faults.ndjson cannot tell.
+        """
+        unknown = "faults.ndjson" in self.records.missing
+        return phase_absent(o, has_faults=bool(self.records.faults) or unknown)
+
     def evaluate(self, o: Objective) -> ObjectiveResult:
-        need = o.min_samples if o.min_samples is not None else self.slo.min_samples
-        no_faults = o.sli == "recovery_time" and not self.records.faults
-        if o.sli == "recovery_time" and o.min_samples is None:
-            # one heal is enough evidence; a run with no fault at all has nothing to recover
-            # from (a fault that failed to apply is still a fault event: unknown, not a pass)
-            need = 0 if no_faults else 1
+        need = required_samples(o, self.slo)
         threshold = o.threshold
         base = ObjectiveResult(
             name=o.name, sli=o.sli, op=o.op, phase=o.phase, key=o.key, objective=o.pass_,
             warning=o.warning, measured=None, shown="n/a", samples=0, min_samples=need,
             tier=UNKNOWN,
         )
+        absent = self.absent_phase(o)
+        if absent is not None:
+            base.tier, base.reason = NOT_APPLICABLE, absent
+            return base
         try:
             m = self.measure(o)
         except Exception as exc:  # a broken SLI is unknown, not a crash of the gate
@@ -374,8 +404,7 @@ class Evaluator:
             base.reason = f"only {m.samples} sample(s), the file needs {need}"
         elif m.samples == 0 and need == 0:
             base.tier = PASS
-            notes.insert(0, "no fault in this run: nothing to recover from" if no_faults
-                         else "no samples, and the objective allows none (min_samples: 0)")
+            notes.insert(0, "no samples, and the objective allows none (min_samples: 0)")
         elif measured is None:
             base.reason = "nothing to measure"
         elif threshold.holds(measured):
@@ -397,10 +426,29 @@ class Evaluator:
     def run(self, baseline: dict[str, Any] | None = None) -> list[ObjectiveResult]:
         results = [self.evaluate(o) for o in self.slo.objectives]
         if baseline is not None:
-            policy = self.slo.baseline or Baseline()
+            if self.slo.baseline is None:  # no hidden default tolerance
+                raise BaselineError(f"SLO file {self.slo.name!r} has no baseline.max_regression")
             compare_baseline(results, self.slo.objectives, baseline,
-                             policy.max_regression_fraction)
+                             self.slo.baseline.max_regression_fraction)
         return results
+
+
+def required_samples(o: Objective, slo: SloFile) -> int:
+    """The objective's own min_samples, else the file's; one heal is enough for recovery."""
+    if o.min_samples is not None:
+        return o.min_samples
+    return 1 if o.sli == "recovery_time" else slo.min_samples
+
+
+def phase_absent(o: Objective, has_faults: bool) -> str | None:
+    """Why `o` does not apply to a run whose timeline has (no) faults; None if it applies."""
+    if has_faults:
+        return None
+    if o.sli == "recovery_time":
+        return "this run's timeline has no fault: nothing to recover from"
+    if o.phase in ("fault", "recovery"):
+        return f"this run's timeline has no fault, so it has no {o.phase} phase"
+    return None
 
 
 def aggregate(t: Threshold, m: Measurement) -> float | None:

@@ -15,9 +15,11 @@ from typing import Any
 
 from rundir import RunDirError, read_json, write_json
 from slos.audit import AuditResult, audit, write_audit
+from slos.baseline import baseline_dir_of, check_comparable, require_tolerance, run_identity
 from slos.checkers import INFO_VERDICT, INVALID, PLAIN, UNKNOWN, VALID
 from slos.evaluate import (
     FAIL_TIER,
+    NOT_APPLICABLE,
     PASS,
     WARNING,
     BaselineError,
@@ -89,13 +91,20 @@ def headline(verdict: str, problems: list[str], result: AuditResult | None) -> s
 # --- the gate ----------------------------------------------------------------
 
 
-def evaluate_run(run_dir: Path, slo_path: Path, baseline: Path | None) -> GateResult:
+def evaluate_run(run_dir: Path, slo_path: Path, baseline: Path | None, *,
+                 force_baseline: bool = False) -> GateResult:
     """Audit the run, evaluate `slo_path` on it, write every output; never raises on bad input:
-    a harness problem is a result with verdict `error` and exit code 3."""
+    a harness problem is a result with verdict `error` and exit code 3.
+
+    A baseline is only read (its files are never written), must be another run of the same
+    scenario, seed and worker count (unless `force_baseline`), and needs the SLO file's
+    `baseline.max_regression`."""
     run_dir = Path(run_dir)
     try:
         slo = load_slo(slo_path)
-        previous = baseline_values(Path(baseline), slo) if baseline is not None else None
+        previous = None
+        if baseline is not None:
+            previous = checked_baseline(run_dir, Path(baseline), slo, force=force_baseline)
     except (SloFileError, BaselineError, RecordsError, OSError) as exc:
         # bad input to the gate itself: say so and leave the run's outputs as they are
         return GateResult(ERROR, EXIT_HARNESS, headline(ERROR, [str(exc)], None), run_dir,
@@ -105,6 +114,18 @@ def evaluate_run(run_dir: Path, slo_path: Path, baseline: Path | None) -> GateRe
     except (RecordsError, OSError) as exc:
         return harness_error(run_dir, str(exc))
     return gate_records(run_dir, records, slo, previous)
+
+
+def checked_baseline(run_dir: Path, baseline: Path, slo: SloFile, *,
+                     force: bool) -> dict[str, Any]:
+    """The baseline's values, after checking the comparison means something (BaselineError)."""
+    require_tolerance(slo)
+    if not baseline.exists():
+        raise BaselineError(f"baseline {baseline}: no such run directory or result.json")
+    if baseline_dir_of(baseline).resolve() == run_dir.resolve():
+        raise BaselineError(f"baseline {baseline} is this run itself: pass an earlier run")
+    check_comparable(run_identity(run_dir), baseline_dir_of(baseline), force=force)
+    return baseline_values(baseline, slo)
 
 
 def baseline_values(path: Path, slo: SloFile) -> dict[str, Any]:
@@ -265,6 +286,8 @@ def render_junit(gate: GateResult) -> str:
         elif o.tier == UNKNOWN:
             error = ET.SubElement(case, "error", message=f"unknown: {o.reason}", type="unknown")
             error.text = f"{message} ({o.samples} samples, {o.min_samples} needed)"
+        elif o.tier == NOT_APPLICABLE:
+            ET.SubElement(case, "skipped", message=f"not applicable: {o.reason}")
         else:
             out = ET.SubElement(case, "system-out")
             out.text = f"{o.tier}: {message} ({o.samples} samples) {o.reason}".strip()
@@ -294,10 +317,10 @@ def _finish_junit(root: ET.Element, span: float, stamp: str) -> str:
         s.set("tests", str(len(cases)))
         s.set("failures", str(sum(1 for c in cases if c.find("failure") is not None)))
         s.set("errors", str(sum(1 for c in cases if c.find("error") is not None)))
-        s.set("skipped", "0")
+        s.set("skipped", str(sum(1 for c in cases if c.find("skipped") is not None)))
         s.set("time", _seconds(span))
         s.set("timestamp", stamp)
-    for name in ("tests", "failures", "errors"):
+    for name in ("tests", "failures", "errors", "skipped"):
         root.set(name, str(sum(int(s.get(name, "0")) for s in root.iter("testsuite"))))
     root.set("time", _seconds(span))
     root.set("timestamp", stamp)
@@ -307,7 +330,8 @@ def _finish_junit(root: ET.Element, span: float, stamp: str) -> str:
 
 # --- report.md ---------------------------------------------------------------
 
-_MARK = {PASS: "✅ pass", WARNING: "⚠️ warning", FAIL_TIER: "❌ fail", UNKNOWN: "❔ unknown"}
+_MARK = {PASS: "✅ pass", WARNING: "⚠️ warning", FAIL_TIER: "❌ fail", UNKNOWN: "❔ unknown",
+         NOT_APPLICABLE: "➖ not applicable"}
 
 
 def render_markdown(gate: GateResult, plain: str | None = None) -> str:

@@ -1,11 +1,14 @@
 """SLO files (slos/*.yaml) parsed once, at the edge, into typed models.
 
-An unknown SLI, operation, phase or anomaly class, or a threshold that does not parse, is a
-`SloFileError` at load time naming the file, the objective (index and name) and the reason.
+An unknown SLI, operation, phase or anomaly class, a threshold that does not parse, and a
+threshold that can never hold or always holds (`rate > 100%`, `p(95) < 0s`, `count == 1.5`,
+`count >= 0`) are a `SloFileError` at load time naming the file and line
+(`slos/x.yaml:12: objective 1 ('pay fast') field pass: ...`), the objective and the reason.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,11 +37,20 @@ ALLOWED_AGGREGATIONS: dict[str, frozenset[str]] = {
     "throughput": frozenset({"value", "p", "avg", "med", "min", "max"}),
     "anomaly": frozenset({"count", "value"}),
 }
+ZERO_TIME_IMPOSSIBLE = TIME_SLIS - {"recovery_time"}  # recovery may be immediate: 0 s
 NEEDS_OP = frozenset({"latency", "success_rate", "throughput"})
 
 
 class SloFileError(ValueError):
-    """An SLO file that cannot be used; the message names the file, objective and reason."""
+    """An SLO file that cannot be used; the message names the file, line, objective and reason."""
+
+
+class FieldProblem(ValueError):
+    """A problem with one field of an objective; `field` lets the error point at its line."""
+
+    def __init__(self, field: str | tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.path: tuple[str | int, ...] = (field,) if isinstance(field, str) else field
 
 
 class Objective(BaseModel):
@@ -67,33 +79,37 @@ class Objective(BaseModel):
             try:
                 threshold = parse(text)
             except ExpressionError as exc:
-                raise ValueError(f"{label}: {exc}") from None
+                raise FieldProblem(label, f"{label}: {exc}") from None
             self._check_threshold(label, threshold)
         if self.sli in NEEDS_OP and self.op is None:
-            raise ValueError(f"sli {self.sli} needs an op (one of {_ops()})")
+            raise FieldProblem("sli", f"sli {self.sli} needs an op (one of {_ops()})")
         if self.sli == "anomaly":
             if not self.classes:
-                raise ValueError(f"sli anomaly needs class: a list of ids from {_classes()}")
+                raise FieldProblem(
+                    "sli", f"sli anomaly needs class: a list of ids from {_classes()}")
             unknown = [c for c in self.classes if c not in CHECKERS]
             if unknown:
-                raise ValueError(f"unknown anomaly class {', '.join(unknown)} "
-                                 f"(allowed: {_classes()})")
+                raise FieldProblem("class", f"unknown anomaly class {', '.join(unknown)} "
+                                   f"(allowed: {_classes()})")
         elif self.classes:
-            raise ValueError("class is only for sli anomaly")
+            raise FieldProblem("class", "class is only for sli anomaly")
         return self
 
     def _check_threshold(self, label: str, t: Threshold) -> None:
         allowed = ALLOWED_AGGREGATIONS[self.sli]
         if t.aggregation not in allowed:
             shown = ", ".join(sorted("p(N)" if a == "p" else a for a in allowed))
-            raise ValueError(f"{label}: {t.label!r} does not apply to sli {self.sli} "
-                             f"(use {shown})")
+            raise FieldProblem(label, f"{label}: {t.label!r} does not apply to sli {self.sli} "
+                               f"(use {shown})")
         timed = self.sli in TIME_SLIS and t.aggregation not in ("count", "rate")
         if timed and t.unit not in ("ms", "s") and t.value != 0:
-            raise ValueError(f"{label}: {t.text!r} needs a time unit (ms or s)")
+            raise FieldProblem(label, f"{label}: {t.text!r} needs a time unit (ms or s)")
         if t.aggregation == "rate" and t.unit is None and not 0 <= t.value <= 1:
-            raise ValueError(f"{label}: {t.text!r} is a rate: write a percentage "
-                             "(99.5%) or a fraction (0.995)")
+            raise FieldProblem(label, f"{label}: {t.text!r} is a rate: write a percentage "
+                               "(99.5%) or a fraction (0.995)")
+        problem = _impossible_or_vacuous(self.sli, t)
+        if problem:
+            raise FieldProblem(label, f"{label}: {t.text!r} {problem}")
 
     @property
     def threshold(self) -> Threshold:
@@ -104,10 +120,50 @@ class Objective(BaseModel):
         return None if self.warning is None else parse(self.warning)
 
 
+def _impossible_or_vacuous(sli: str, t: Threshold) -> str | None:
+    """Why a threshold can never hold, or always holds, whatever the run measures; else None.
+
+    Every SLI reads a number with a known range: a rate is in [0, 1], a time and a throughput
+    are >= 0, a count is a whole number >= 0.
+    """
+    if t.aggregation == "rate":
+        low, high, what = 0.0, 1.0, "a rate is between 0% and 100%"
+    elif t.aggregation == "count" or (t.aggregation == "value" and sli == "anomaly"):
+        if t.value != int(t.value):
+            return "is a count: it needs a whole number"
+        low, high, what = 0.0, math.inf, "a count is never negative"
+    else:
+        low, high = 0.0, math.inf
+        what = "a time is never negative" if sli in TIME_SLIS else "it is never negative"
+    never = always = False
+    match t.op:
+        case "<":
+            never, always = t.value <= low, t.value > high
+        case "<=":
+            never, always = t.value < low, t.value >= high
+        case ">":
+            never, always = t.value >= high, t.value < low
+        case ">=":
+            never, always = t.value > high, t.value <= low
+        case "==":
+            never = not low <= t.value <= high
+        case "!=":
+            always = not low <= t.value <= high
+    if t.op == "<=" and t.value == 0 and sli in ZERO_TIME_IMPOSSIBLE and t.aggregation != "count":
+        never = True  # a request, a payment or a confirmation never takes zero time
+    if never:
+        return f"can never hold ({what})"
+    if always:
+        return f"always holds ({what}): it checks nothing"
+    return None
+
+
 class Baseline(BaseModel):
+    """How much worse than a baseline run a measured value may get; no default on purpose."""
+
     model_config = ConfigDict(extra="forbid")
 
-    max_regression: str = "+10%"
+    max_regression: str
 
     @field_validator("max_regression")
     @classmethod
@@ -138,8 +194,10 @@ class SloFile(BaseModel):
         seen: set[str] = set()
         for index, objective in enumerate(self.objectives):
             if objective.name in seen:
-                raise ValueError(f"objectives[{index}] ({objective.name!r}): name is used twice; "
-                                 "names identify objectives in junit and baseline comparisons")
+                raise FieldProblem(
+                    ("objectives", index, "name"),
+                    f"objectives[{index}] ({objective.name!r}): name is used twice; "
+                    "names identify objectives in junit and baseline comparisons")
             seen.add(objective.name)
         return self
 
@@ -156,29 +214,63 @@ def load_slo(path: Path | str) -> SloFile:
     """Read and validate an SLO file; every problem is a `SloFileError` pointing at it."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         raise SloFileError(f"{path}: SLO file does not exist") from None
+    except OSError as exc:
+        raise SloFileError(f"{path}: cannot read: {exc}") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise SloFileError(f"{path}: not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise SloFileError(f"{where}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
-        raise SloFileError(f"{path}: must be a mapping with name, objectives, …")
+        raise SloFileError(f"{path}:1: must be a mapping with name, objectives, …")
     if "path" in raw:
-        raise SloFileError(f"{path}: unknown field 'path'")
+        raise SloFileError(f"{path}:{line_of(root, ('path',))}: unknown field 'path'")
     try:
         slo = SloFile.model_validate(raw)
     except ValidationError as exc:
-        raise SloFileError(_explain(path, raw, exc)) from None
+        raise SloFileError(_explain(path, root, raw, exc)) from None
     slo.path = str(path)
     return slo
 
 
-def _explain(path: Path, raw: dict[str, Any], exc: ValidationError) -> str:
+def line_of(root: yaml.Node | None, loc: tuple[str | int, ...]) -> int:
+    """1-based line of the deepest YAML node along `loc` (a mapping entry: its key's line)."""
+    if root is None:
+        return 1
+    node, line = root, root.start_mark.line
+    for part in loc:
+        child: yaml.Node | None = None
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if key.value == part:
+                    child, line = value, key.start_mark.line
+                    break
+        elif (isinstance(node, yaml.SequenceNode) and isinstance(part, int)
+              and 0 <= part < len(node.value)):
+            child = node.value[part]
+            line = child.start_mark.line
+        if child is None:
+            break
+        node = child
+    return line + 1
+
+
+def _explain(path: Path, root: yaml.Node | None, raw: dict[str, Any],
+             exc: ValidationError) -> str:
     problems = []
     listed = raw.get("objectives")
     objectives: list[Any] = listed if isinstance(listed, list) else []
     for err in exc.errors():
         loc = list(err.get("loc", ()))
+        cause = (err.get("ctx") or {}).get("error")
+        # a problem found across fields points at the field it is about
+        full = (*loc, *cause.path) if isinstance(cause, FieldProblem) else tuple(loc)
+        line = line_of(root, full)
         msg = str(err.get("msg", "")).removeprefix("Value error, ")
         where = "file"
         if len(loc) >= 2 and loc[0] == "objectives" and isinstance(loc[1], int):
@@ -190,5 +282,5 @@ def _explain(path: Path, raw: dict[str, Any], exc: ValidationError) -> str:
         field = ".".join(str(part) for part in loc)
         if err.get("type") == "literal_error" and "input" in err:
             msg = f"unknown value {err['input']!r}: {msg}"
-        problems.append(f"{where}{' field ' + field if field else ''}: {msg}")
-    return f"{path}: " + "; ".join(problems)
+        problems.append(f"{path}:{line}: {where}{' field ' + field if field else ''}: {msg}")
+    return "; ".join(problems)

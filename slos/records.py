@@ -214,6 +214,7 @@ class RunInfo:
     settle: float | None = None
     sweep_every_s: float = DEFAULT_SWEEP_EVERY_S
     query_after_s: float = DEFAULT_QUERY_AFTER_S
+    max_poll: float | None = None  # how long a shopper watches for PAID (the scenario's load)
 
 
 @dataclass(slots=True)
@@ -769,6 +770,9 @@ def _run_info(run_dir: Path) -> RunInfo:
     info.scenario = str(scenario.get("name") or info.scenario)
     info.duration = _seconds(scenario.get("duration"))
     info.settle = _seconds(scenario.get("settle"))
+    load = scenario.get("load")
+    if isinstance(load, dict):
+        info.max_poll = _seconds(load.get("max_poll"))
     for section in ("services", "settings"):  # the scenario's service setting overrides
         overrides = scenario.get(section)
         if isinstance(overrides, dict) and overrides.get("sweep_every_s") is not None:

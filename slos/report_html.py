@@ -17,7 +17,7 @@ from html import escape
 
 from slos.audit import AuditResult
 from slos.checkers import INFO_VERDICT, INVALID, UNKNOWN, VALID, Facts
-from slos.evaluate import FAIL_TIER, PASS, WARNING, ObjectiveResult
+from slos.evaluate import FAIL_TIER, NOT_APPLICABLE, PASS, WARNING, ObjectiveResult
 from slos.records import OK, Records
 from slos.report_charts import (
     fault_params,
@@ -56,7 +56,7 @@ from slos.report_words import (
 from slos.result import GateResult
 
 _TIER_CLASS = {PASS: "pass", WARNING: "warning", FAIL_TIER: "fail", UNKNOWN: "unknown",
-               "error": "fail"}
+               NOT_APPLICABLE: "na", "error": "fail"}
 SLOWEST_SHOWN = 3
 
 _CSS = """
@@ -76,6 +76,7 @@ th{background:#f5f5f5}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .tier{font-weight:600;padding:.1em .45em;border-radius:4px;white-space:nowrap}
 .tier.pass{background:#e6f4ea;color:#137333}.tier.warning{background:#fff8e1;color:#8a6d00}
 .tier.fail{background:#fde8e8;color:#a50e0e}.tier.unknown{background:#eceff1;color:#455a64}
+.tier.na{background:#f5f5f5;color:#757575}
 ul.impact>li{margin:.6em 0}.look{color:#555}.examples{font-size:.9em;color:#444}
 figure{margin:1.2em 0}figure img{width:100%;display:block;border:1px solid #eee}
 figcaption{font-size:.9em;color:#555}code{font-family:ui-monospace,Menlo,Consolas,monospace;

@@ -15,7 +15,7 @@ from typing import Any
 
 from slos.audit import AuditResult
 from slos.checkers import INVALID, UNKNOWN, VALID
-from slos.evaluate import FAIL_TIER, PASS, WARNING, ObjectiveResult
+from slos.evaluate import FAIL_TIER, NOT_APPLICABLE, PASS, WARNING, ObjectiveResult
 from slos.expr import ExpressionError, Threshold, parse
 from slos.model import Objective
 from slos.report_impact import Exposure, Impact
@@ -26,7 +26,7 @@ VERDICT_WORDS = {PASS: "PASS — safe to release", WARNING: "PASS WITH WARNINGS 
                  FAIL_TIER: "FAIL — do not release", UNKNOWN: "UNKNOWN — not enough evidence",
                  "error": "ERROR — the check itself failed"}
 STATUS_WORDS = {PASS: "met", WARNING: "nearly met", FAIL_TIER: "missed",
-                UNKNOWN: "not enough evidence"}
+                UNKNOWN: "not enough evidence", NOT_APPLICABLE: "not applicable"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +328,8 @@ def status(result: ObjectiveResult) -> str:
         return f"{words}: {result.samples:,} measurements, {result.min_samples:,} needed"
     if result.tier == UNKNOWN:
         return f"{words}: could not be measured"
+    if result.tier == NOT_APPLICABLE:
+        return f"{words}: {result.reason}"
     return words
 
 
@@ -352,9 +354,12 @@ def headline(verdict: str, results: Sequence[ObjectiveResult], audit: AuditResul
     missed = [r for r in results if r.tier == FAIL_TIER]
     missed.sort(key=lambda r: not r.key)
     if verdict == PASS:
+        decided = [r for r in results if r.tier != NOT_APPLICABLE]
+        skipped = len(results) - len(decided)
+        aside = f" ({skipped} not applicable to this run)" if skipped else ""
         return ("No money or stock was lost, no order was lost or duplicated, and "
-                f"{'the' if len(results) == 1 else 'all'} {count(len(results), 'objective')} "
-                f"{'was' if len(results) == 1 else 'were'} met.")
+                f"{'the' if len(decided) == 1 else 'all'} {count(len(decided), 'objective')} "
+                f"{'was' if len(decided) == 1 else 'were'} met{aside}.")
     if verdict == WARNING:
         near = [r.name for r in results if r.tier == WARNING]
         return (f"No money or stock was lost, but {count(len(near), 'objective')} "

@@ -288,7 +288,8 @@ def _ledger(entries: list[LedgerEntry]) -> Iterator[list[str]]:
         yield from _table(list(run), partial(_ledger_columns, with_refund_id=with_refund_id))
 
 
-def write_run(r: Records, run_dir: Path, *, slo: str | None = None) -> Path:
+def write_run(r: Records, run_dir: Path, *, slo: str | None = None, seed: int = 0,
+              workers: int = 0) -> Path:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     _write(run_dir / "history.ndjson", [_history(r.ops, r.run.started or 0.0)])
@@ -361,9 +362,9 @@ def write_run(r: Records, run_dir: Path, *, slo: str | None = None) -> Path:
         "error": [f.error for f in b]})])
     run = r.run
     (run_dir / "scenario.yaml").write_text(yaml.safe_dump(
-        {"name": run.scenario, "duration": run.duration, "settle": run.settle}))
+        {"name": run.scenario, "duration": run.duration, "settle": run.settle, "seed": seed}))
     (run_dir / "run.json").write_text(json.dumps(
         {"scenario": run.scenario, "started": run.started, "load_started": run.load_started,
          "load_ended": run.load_ended, "settle_ended": run.settle_ended, "bugs": run.bugs,
-         "slo": slo}))
+         "slo": slo, "workers": workers}))
     return run_dir

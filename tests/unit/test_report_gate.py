@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 import xml.etree.ElementTree as ET
@@ -193,17 +194,21 @@ def test_report_markdown_and_html(tmp_path: Path) -> None:
     assert "o-7" in html and records.orders[7].trace_id in html
 
 
+TOLERANT = {"baseline": {"max_regression": "+10%"}}
+
+
 def test_baseline_comparison(tmp_path: Path) -> None:
     before = evaluate_run(run_dir(tmp_path, clean_run(200), "before"), slo_file(tmp_path), None)
     slower = clean_run(200, place_latency=0.05)
-    gate = evaluate_run(run_dir(tmp_path, slower, "after"), slo_file(tmp_path), before.run_dir)
+    gate = evaluate_run(run_dir(tmp_path, slower, "after"), slo_file(tmp_path, **TOLERANT),
+                        before.run_dir)
     assert gate.exit_code == 1
     latency = gate.objectives[0]
     assert latency.tier == "fail" and "regressed" in latency.reason
     html = (gate.run_dir / "report.html").read_text()
     assert "Compared with the baseline run" in html
-    missing = evaluate_run(gate.run_dir, slo_file(tmp_path), tmp_path / "nope")
-    assert missing.exit_code == 3 and "baseline" in (missing.error or "")
+    missing = evaluate_run(gate.run_dir, slo_file(tmp_path, **TOLERANT), tmp_path / "nope")
+    assert missing.exit_code == 3 and "no such run directory" in (missing.error or "")
 
 
 def test_cmd_report_uses_the_slo_recorded_in_the_run(tmp_path: Path,
@@ -222,9 +227,10 @@ def test_cmd_report_uses_the_slo_recorded_in_the_run(tmp_path: Path,
 def test_loader_reads_the_sweeper_period_and_run_times(tmp_path: Path) -> None:
     run = run_dir(tmp_path, clean_run(3))
     (run / "scenario.yaml").write_text(yaml.safe_dump(
-        {"name": "smoke", "duration": "40s", "settle": "15s", "services": {"sweep_every_s": 1}}))
+        {"name": "smoke", "duration": "40s", "settle": "15s", "services": {"sweep_every_s": 1},
+         "load": {"max_poll": "10s"}}))
     records = load_run(run)
-    assert records.run.sweep_every_s == 1.0
+    assert records.run.sweep_every_s == 1.0 and records.run.max_poll == 10.0
     assert records.run.duration == 40.0 and records.run.settle == 15.0
     assert records.reference_time() == records.run.settle_ended
 
@@ -234,8 +240,96 @@ def test_baseline_is_re_evaluated_under_the_same_slo_file(tmp_path: Path) -> Non
     lenient = tmp_path / "lenient.yaml"
     lenient.write_text(yaml.safe_dump({**GATE, "name": "lenient"}))
     evaluate_run(base, lenient, None)  # its result.json now holds another file's objectives
-    gate = evaluate_run(run_dir(tmp_path, clean_run(200), "after"), slo_file(tmp_path), base)
+    gate = evaluate_run(run_dir(tmp_path, clean_run(200), "after"),
+                        slo_file(tmp_path, **TOLERANT), base)
     assert gate.exit_code == 0, gate.problems  # same records, same objectives: no regression
     assert gate.baseline is not None and gate.baseline["_path"] == str(base)
-    from_file = evaluate_run(gate.run_dir, slo_file(tmp_path), base / "result.json")
+    from_file = evaluate_run(gate.run_dir, slo_file(tmp_path, **TOLERANT), base / "result.json")
     assert from_file.exit_code == 3 and "'lenient'" in (from_file.error or "")
+
+
+def test_baseline_without_a_tolerance_in_the_slo_file_is_refused(tmp_path: Path) -> None:
+    base = run_dir(tmp_path, clean_run(200), "before")
+    after = run_dir(tmp_path, clean_run(200), "after")
+    gate = evaluate_run(after, slo_file(tmp_path), base)
+    assert gate.exit_code == 3
+    assert "needs a tolerance" in (gate.error or "") and "there is no default" in (gate.error or "")
+    assert not (after / "result.json").exists()  # bad input to the gate changes nothing
+    assert evaluate_run(after, slo_file(tmp_path, **TOLERANT), base).exit_code == 0
+
+
+@pytest.mark.parametrize(("changed", "words"), [
+    ({"seed": 7}, "seed 0 in the baseline, 7 in this run"),
+    ({"workers": 2}, "workers 0 in the baseline, 2 in this run"),
+    ({"scenario": "flash-sale"}, "scenario 'synthetic' in the baseline, 'flash-sale'"),
+])
+def test_baseline_of_another_scenario_seed_or_workers_is_refused_unless_forced(
+        tmp_path: Path, changed: dict[str, Any], words: str) -> None:
+    base = run_dir(tmp_path, clean_run(200), "before")
+    records = clean_run(200)
+    if "scenario" in changed:
+        records.run.scenario = str(changed["scenario"])
+    after = write_run(records, tmp_path / "after", seed=changed.get("seed", 0),
+                      workers=changed.get("workers", 0))
+    slo = slo_file(tmp_path, **TOLERANT)
+    refused = evaluate_run(after, slo, base)
+    assert refused.exit_code == 3 and words in (refused.error or ""), refused.error
+    assert "--force-baseline" in (refused.error or "")
+    forced = evaluate_run(after, slo, base, force_baseline=True)
+    assert forced.exit_code == 0 and forced.baseline is not None
+
+
+def test_a_baseline_with_no_recorded_identity_is_refused(tmp_path: Path) -> None:
+    base = run_dir(tmp_path, clean_run(200), "before")
+    (base / "run.json").write_text("{}")
+    (base / "scenario.yaml").unlink()
+    gate = evaluate_run(run_dir(tmp_path, clean_run(200), "after"),
+                        slo_file(tmp_path, **TOLERANT), base)
+    assert gate.exit_code == 3 and "not recorded for the baseline" in (gate.error or "")
+
+
+def test_a_run_is_not_its_own_baseline(tmp_path: Path) -> None:
+    run = run_dir(tmp_path, clean_run(200))
+    gate = evaluate_run(run, slo_file(tmp_path, **TOLERANT), run)
+    assert gate.exit_code == 3 and "is this run itself" in (gate.error or "")
+
+
+def test_check_with_a_baseline_never_rewrites_the_baselines_files(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    slo = slo_file(tmp_path, **TOLERANT)
+    base = run_dir(tmp_path, clean_run(200), "before")
+    assert evaluate_run(base, slo, None).exit_code == 0  # the baseline has all its outputs
+    after = run_dir(tmp_path, clean_run(200, place_latency=0.05), "after")
+
+    def checksums() -> dict[str, str]:
+        return {str(p.relative_to(base)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(base.rglob("*")) if p.is_file()}
+
+    before = checksums()
+    assert {"result.json", "junit.xml", "report.html", "report.md"} <= set(before)
+    code = cmd_check(argparse.Namespace(run_dir=str(after), slo=str(slo), baseline=str(base),
+                                        force_baseline=False))
+    assert code == 1 and "regressed" in capsys.readouterr().out  # the comparison happened
+    assert checksums() == before
+    assert json.loads((after / "result.json").read_text())["baseline"]["path"] == str(base)
+
+
+def test_an_objective_of_an_absent_phase_is_skipped_in_junit_and_does_not_block(
+        tmp_path: Path) -> None:
+    during = {"name": "fast during faults", "sli": "latency", "op": "place_order",
+              "phase": "fault", "pass": "p(95) < 1s"}
+    objectives = [*GATE["objectives"], during]  # type: ignore[misc]
+    calm = evaluate_run(run_dir(tmp_path, clean_run(200), "calm"),
+                        slo_file(tmp_path, objectives=objectives), None)
+    assert (calm.verdict, calm.exit_code) == ("pass", 0)
+    root = ET.parse(calm.run_dir / "junit.xml").getroot()
+    case = next(c for c in root.iter("testcase") if c.get("name") == "fast during faults")
+    skipped = case.find("skipped")
+    assert skipped is not None and "no fault phase" in (skipped.get("message") or "")
+    assert root.get("skipped") == "1"
+    entry = json.loads((calm.run_dir / "result.json").read_text())["objectives"][-1]
+    assert entry["tier"] == "not_applicable" and "no fault phase" in entry["reason"]
+    assert "not applicable" in (calm.run_dir / "report.md").read_text()
+    stormy = evaluate_run(run_dir(tmp_path, name="stormy"),
+                          slo_file(tmp_path, objectives=objectives), None)
+    assert stormy.objectives[-1].tier == "pass"  # the same objective, decided with faults

@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
+from loadtests.history import LOAD_STOPPED
 from slos.audit import audit
-from slos.evaluate import Evaluator, ObjectiveResult, fault_windows
+from slos.evaluate import BaselineError, Evaluator, ObjectiveResult, fault_windows
 from slos.model import SloFile
 from slos.records import FaultEvent, Records
 from slos.synthetic import T0, clean_run
@@ -125,9 +126,47 @@ def test_no_heal_means_no_recovery_sample() -> None:
     assert allowed.tier == "pass"
 
 
-def test_a_run_without_faults_has_nothing_to_recover_from() -> None:
-    result = one(clean_run(50), sli="recovery_time", **{"pass": "max < 10s"})
-    assert result.tier == "pass" and "no fault in this run" in result.reason
+PHASED = (
+    {"name": "recovers", "sli": "recovery_time", "pass": "max < 10s"},
+    {"name": "fast in faults", "sli": "latency", "op": "place_order", "phase": "fault",
+     "pass": "p(95) < 2s"},
+    {"name": "fast in recovery", "sli": "latency", "op": "place_order", "phase": "recovery",
+     "pass": "p(95) < 2s", "min_samples": 0},
+    {"name": "fast when steady", "sli": "latency", "op": "place_order", "phase": "steady",
+     "pass": "p(95) < 2s"},
+)
+
+
+def test_objectives_of_a_phase_the_run_lacks_are_not_applicable() -> None:
+    results = measure(clean_run(50), *PHASED)
+    tiers = {r.name: r.tier for r in results}
+    assert tiers == {"recovers": "not_applicable", "fast in faults": "not_applicable",
+                     "fast in recovery": "not_applicable", "fast when steady": "pass"}
+    assert "nothing to recover from" in results[0].reason
+    assert "no fault phase" in results[1].reason
+
+
+def test_a_run_with_faults_has_those_phases() -> None:
+    records = faulty_run()
+    for op in records.ops:  # the fault slows place_order instead of failing it
+        op.outcome = "ok"
+    results = measure(records, *PHASED)
+    assert "not_applicable" not in {r.tier for r in results}
+    assert results[0].tier == "pass" and results[1].tier == "pass"
+    assert results[1].samples > 0
+
+
+def test_a_fault_that_failed_to_apply_keeps_its_phases_applicable() -> None:
+    records = clean_run(50)
+    records.faults.append(FaultEvent("apply", 0, "latency", "order_channel", T0 + 5, False,
+                                     error="toxiproxy refused"))
+    assert one(records, **PHASED[1]).tier == "unknown"
+
+
+def test_a_run_without_a_fault_record_cannot_say_not_applicable() -> None:
+    records = clean_run(50)
+    records.missing.append("faults.ndjson")
+    assert one(records, **PHASED[1]).tier == "unknown"
 
 
 def test_throughput_payment_lag_and_confirmation() -> None:
@@ -164,11 +203,45 @@ def test_baseline_regression_fails_the_objective() -> None:
     rate = {"name": "rate", "sli": "success_rate", "op": "place_order", "pass": "rate >= 90%"}
     before = {"objectives": [{"name": "lat", "measured": 0.015},
                              {"name": "rate", "measured": 1.0}]}
-    lat, ok_rate = measure(r, latency, rate, previous=before,
-                           baseline={"max_regression": "+10%"})
+    policy = {"max_regression": "+10%"}
+    lat, ok_rate = measure(r, latency, rate, previous=before, baseline=policy)
     assert lat.tier == "fail"
     assert "regressed +33.3% vs baseline" in lat.reason
     assert lat.baseline is not None and lat.baseline["regressed"]
     assert ok_rate.tier == "pass"
     within = {"objectives": [{"name": "lat", "measured": 0.0195}]}
-    assert measure(r, latency, previous=within)[0].tier == "pass"
+    assert measure(r, latency, previous=within, baseline=policy)[0].tier == "pass"
+    looser = {"max_regression": "+50%"}  # the file's tolerance, not a default, decides
+    assert measure(r, latency, previous=before, baseline=looser)[0].tier == "pass"
+
+
+def test_a_baseline_without_the_files_tolerance_is_refused() -> None:
+    r = clean_run(50)
+    latency = {"name": "lat", "sli": "latency", "op": "place_order", "pass": "p(99) < 1s"}
+    with pytest.raises(BaselineError, match="no baseline.max_regression"):
+        measure(r, latency, previous={"objectives": [{"name": "lat", "measured": 0.015}]})
+
+
+def test_a_shopper_still_waiting_when_the_load_ended_did_not_give_up() -> None:
+    """100 orders over 60 s: 3 payers in the middle and the last 3 never see PAID."""
+    records = clean_run(100)
+    blind = {"o-40", "o-41", "o-42", "o-97", "o-98", "o-99"}
+    records.ops = [op for op in records.ops if not (op.f == "poll" and op.order_id in blind)]
+    seen = {"name": "seen", "sli": "confirmation_time", "pass": "rate >= 99%"}
+    counted = one(records, **seen)
+    assert counted.samples == 100 and counted.measured == pytest.approx(0.94)
+    records.run.max_poll = 10.0  # the last three paid within 10 s of the load's end
+    result = one(records, **seen)
+    assert result.samples == 97 and result.measured == pytest.approx(94 / 97)
+    assert "3 shopper(s) never saw PAID; 3 still waiting when the load ended" in result.reason
+
+
+def test_an_operation_cut_short_by_the_load_stopping_is_not_a_failure() -> None:
+    records = clean_run(100)
+    places = [op for op in records.ops if op.f == "place_order"]
+    places[-1].outcome, places[-1].error = "info", LOAD_STOPPED  # open when Locust stopped
+    places[50].outcome, places[50].error = "info", "ReadTimeout"  # the service never answered
+    rate = {"name": "ok", "sli": "success_rate", "op": "place_order", "pass": "rate >= 99.5%"}
+    result = one(records, **rate)
+    assert result.samples == 99 and result.measured == pytest.approx(98 / 99)
+    assert "1 cut short when the load stopped (not counted)" in result.reason
