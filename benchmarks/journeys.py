@@ -56,6 +56,7 @@ def _session(base_url: str, concurrency: int) -> aiohttp.ClientSession:
         base_url=base_url,
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
+        cookie_jar=aiohttp.DummyCookieJar(),  # as the services' client: no jar to consult
     )
 
 
