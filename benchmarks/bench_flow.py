@@ -29,6 +29,7 @@ from pathlib import Path
 import aiohttp
 
 from benchmarks.journeys import (
+    KEEPALIVE_S,
     SKU,
     CpuTally,
     LoopResult,
@@ -81,7 +82,7 @@ async def _run(proxied: Stack, direct: Stack, trivial: TrivialServer) -> dict[st
         )
         for label, stack in (("toxiproxy", proxied), ("direct", direct))
     }
-    connector = aiohttp.TCPConnector(limit=CONCURRENCY * 2)
+    connector = aiohttp.TCPConnector(limit=CONCURRENCY * 2, keepalive_timeout=KEEPALIVE_S)
     async with (
         shoppers["toxiproxy"], shoppers["direct"],
         aiohttp.ClientSession(base_url=trivial.url, connector=connector) as ping,

@@ -27,6 +27,7 @@ POLL_FIRST_S = 0.01  # the notification usually lands within milliseconds of the
 POLL_MAX_S = 0.32  # ... so back off quickly to a few reads per second at most
 JOURNEY_TIMEOUT_S = 20.0
 REQUEST_TIMEOUT_S = 10.0
+KEEPALIVE_S = 4.0
 
 
 class JourneyError(RuntimeError):
@@ -51,11 +52,16 @@ class LoopResult:
 
 
 def _session(base_url: str, concurrency: int) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(limit=concurrency * 2, limit_per_host=concurrency * 2)
+    # idle connections dropped before uvicorn's 5 s keep-alive ends (services.common.http
+    # does the same): a request sent as the server closes it would fail as a disconnect
+    connector = aiohttp.TCPConnector(
+        limit=concurrency * 2, limit_per_host=concurrency * 2, keepalive_timeout=KEEPALIVE_S
+    )
     return aiohttp.ClientSession(
         base_url=base_url,
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
+        cookie_jar=aiohttp.DummyCookieJar(),  # as the services' client: no jar to consult
     )
 
 

@@ -319,6 +319,25 @@ class Peer:
         return cls(name, base_url.rstrip("/"), parts.hostname, port if parts.hostname else None)
 
 
+class _CurrentClientSpan:
+    """`span` current while a call runs, ended after it (what `start_as_current_span` with
+    record_exception and set_status_on_exception off does, without its two generators)."""
+
+    __slots__ = ("span", "token")
+
+    def __init__(self, span: Span) -> None:
+        self.span = span
+        self.token: object = None
+
+    def __enter__(self) -> Span:
+        self.token = context_api.attach(trace.set_span_in_context(self.span))
+        return self.span
+
+    def __exit__(self, *exc_info: object) -> None:
+        context_api.detach(self.token)  # type: ignore[arg-type]
+        self.span.end()
+
+
 def client_span(peer: Peer, method: str, path: str) -> AbstractContextManager[Span | None]:
     """The CLIENT span of one call to a peer, current while it runs; None when not tracing."""
     if not _tracing:
@@ -335,13 +354,14 @@ def client_span(peer: Peer, method: str, path: str) -> AbstractContextManager[Sp
         attributes["server.port"] = peer.port
     if known != method:
         attributes["http.request.method_original"] = method
-    return _client_tracer.start_as_current_span(
+    span = _client_tracer.start_span(
         known if known != "_OTHER" else "HTTP",
         kind=SpanKind.CLIENT,
         attributes=attributes,
         record_exception=False,
         set_status_on_exception=False,
     )
+    return _CurrentClientSpan(span)
 
 
 def client_span_answered(span: Span | None, status: int) -> None:
@@ -423,17 +443,31 @@ def _server_address(scope: Scope, scheme: str) -> tuple[str | None, int | None]:
     """The server as the client addressed it (Host header), else the listening socket."""
     for name, value in scope.get("headers") or ():
         if name == b"host":
-            host = value.decode("latin-1")
-            parts = urlsplit(f"//{host}")
-            try:
-                port = parts.port
-            except ValueError:  # a malformed Host header: no port rather than no span
-                port = None
-            return parts.hostname or host, port or _DEFAULT_PORTS.get(scheme)
+            key = (value, scheme)
+            known = _HOSTS.get(key)
+            if known is None:
+                if len(_HOSTS) >= _HOSTS_KEPT:  # Host is the caller's: never an unbounded map
+                    _HOSTS.clear()
+                known = _HOSTS[key] = _parse_host(value.decode("latin-1"), scheme)
+            return known
     server = scope.get("server")
     if server:
         return str(server[0]), int(server[1]) if server[1] is not None else None
     return None, None
+
+
+# Host header values already parsed (a service sees the same one or two on every request)
+_HOSTS: dict[tuple[bytes, str], tuple[str | None, int | None]] = {}
+_HOSTS_KEPT = 64
+
+
+def _parse_host(host: str, scheme: str) -> tuple[str | None, int | None]:
+    parts = urlsplit(f"//{host}")
+    try:
+        port = parts.port
+    except ValueError:  # a malformed Host header: no port rather than no span
+        port = None
+    return parts.hostname or host, port or _DEFAULT_PORTS.get(scheme)
 
 
 def _incoming(scope: Scope) -> str | None:

@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Path
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, StringConstraints
 
 from services.common.api import admin_guard, error_responses, ndjson
@@ -80,6 +80,20 @@ class ReservationOut(BaseModel):
         return cls(**r.__dict__)
 
 
+def reservation_body(r: Reservation) -> dict[str, object]:
+    """`ReservationOut` as a plain dict, for the hot route that skips the response model."""
+    return {
+        "order_id": r.order_id,
+        "sku": r.sku,
+        "qty": r.qty,
+        "state": r.state.value,
+        "t_try": r.t_try,
+        "t_end": r.t_end,
+        "ttl": r.ttl,
+        "cancel_reason": r.cancel_reason,
+    }
+
+
 class ConfirmResult(BaseModel):
     """One order of a confirm batch: its state, or the error code a single confirm answers."""
 
@@ -113,6 +127,9 @@ class StockListOut(BaseModel):
     items: list[StockOut]
 
 
+# the two routes of every journey answer plain dicts (no response model re-validating what
+# the domain built); their models stay in `responses`, so the OpenAPI document is unchanged
+_OK = "Successful Response"
 NDJSON = "application/x-ndjson"
 ERROR_SCHEMA_REF = "#/components/schemas/ErrorOut"
 
@@ -150,11 +167,14 @@ def create_app(settings: Settings, *, seed_stock: Mapping[str, int] | None = Non
 
     @app.post(
         "/reservations",
-        response_model=ReservationOut,
-        responses=error_responses(400, 404, 409, 413, 422),
+        response_model=None,
+        responses={
+            200: {"model": ReservationOut, "description": _OK},
+            **error_responses(400, 404, 409, 413, 422),
+        },
         tags=["tcc"],
     )
-    async def reserve(body: ReserveRequest) -> ReservationOut:
+    async def reserve(body: ReserveRequest) -> Response:
         """TCC try, idempotent by order id."""
         ttl_s = body.ttl_s if body.ttl_s is not None else settings.reservation_ttl_s
         if check_then_act:
@@ -163,27 +183,31 @@ def create_app(settings: Settings, *, seed_stock: Mapping[str, int] | None = Non
             )
         else:
             reservation = domain.try_reserve(store, body.order_id, body.sku, body.qty, ttl_s=ttl_s)
-        return ReservationOut.of(reservation)
+        return JSONResponse(reservation_body(reservation))
 
     @app.post(
         "/reservations/confirm",
-        response_model=ConfirmBatchOut,
-        responses=error_responses(413, 422),
+        response_model=None,
+        responses={
+            200: {"model": ConfirmBatchOut, "description": _OK},
+            **error_responses(413, 422),
+        },
         tags=["tcc"],
     )
-    async def confirm_batch(body: ConfirmBatch) -> ConfirmBatchOut:
+    async def confirm_batch(body: ConfirmBatch) -> Response:
         """TCC confirm of several orders in one transaction, idempotent per order; each
         result is the reservation's state or the error a single confirm would answer."""
         results = []
         for order_id, outcome in zip(
             body.order_ids, domain.confirm_many(store, body.order_ids), strict=True
         ):
+            # every ConfirmResult field, null where it does not apply (as the model dumps it)
             if isinstance(outcome, domain.InventoryError):
-                code = outcome.code
-                results.append(ConfirmResult(order_id=order_id, error=code, detail=str(outcome)))
+                result = {"state": None, "error": outcome.code, "detail": str(outcome)}
             else:
-                results.append(ConfirmResult(order_id=order_id, state=outcome.state))
-        return ConfirmBatchOut(results=results)
+                result = {"state": outcome.state.value, "error": None, "detail": None}
+            results.append({"order_id": order_id, **result})
+        return JSONResponse({"results": results})
 
     @app.post(
         "/reservations/{order_id}/confirm",

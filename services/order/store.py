@@ -210,9 +210,25 @@ class Tx:
             (order_id, key, request_hash, sku, qty, amount, self.t, self.t, traceparent),
         )
         self._transition(order_id, None, "CREATED", "place")
-        order = self.order(order_id)
-        assert order is not None
-        return order
+        # the row just written, as the columns' defaults complete it (no read back)
+        return Order(
+            order_id=order_id,
+            idempotency_key=key,
+            request_hash=request_hash,
+            sku=sku,
+            qty=qty,
+            amount=amount,
+            status="CREATED",
+            payment_id=None,
+            txn_id=None,
+            created_at=self.t,
+            updated_at=self.t,
+            t_paid=None,
+            t_final=None,
+            traceparent=traceparent,
+            flags=(),
+            replays=0,
+        )
 
     def move(
         self,
@@ -224,7 +240,9 @@ class Tx:
         **fields: Any,
     ) -> bool:
         """Set the status (if in `only_from`, or unconditionally) and record the transition."""
-        before = self.order(order_id)
+        before = self.conn.execute(
+            "SELECT status FROM orders WHERE order_id=?", (order_id,)
+        ).fetchone()
         if before is None:
             return False
         unknown = set(fields) - _MOVABLE_FIELDS
@@ -239,7 +257,7 @@ class Tx:
         cursor = self.conn.execute(f"UPDATE orders SET {sets} WHERE {where}", params)
         if cursor.rowcount == 0:
             return False
-        self._transition(order_id, before.status, to, cause)
+        self._transition(order_id, before["status"], to, cause)
         return True
 
     def _transition(self, order_id: str, from_status: str | None, to: str, cause: str) -> None:

@@ -71,6 +71,32 @@ async def test_answer_is_read_with_status_and_json() -> None:
     assert b"content-type: application/json" in request.lower()
 
 
+async def test_a_cookie_a_peer_sets_is_never_sent_back() -> None:
+    seen: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in range(2):  # two requests on the kept-alive connection
+            seen.append(await _read_request(reader))
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nset-cookie: session=abc; Path=/\r\n"
+                b"content-length: 2\r\n\r\n{}"
+            )
+            await writer.drain()
+        writer.close()
+
+    server, url = await _serve(answer)
+    # a host name, not an IP: a default aiohttp cookie jar keeps this cookie and resends it
+    client = ServiceClient(url.replace("127.0.0.1", "localhost"), timeout_s=2.0, peer="channel")
+    try:
+        for _ in range(2):
+            assert (await client.request("GET", "/payments/p-1")).status_code == 200
+    finally:
+        await client.close()
+        server.close()
+    assert len(seen) == 2
+    assert all(b"cookie:" not in request.lower() for request in seen)
+
+
 async def test_refused_connection_is_unreachable() -> None:
     client = ServiceClient(f"http://127.0.0.1:{_closed_port()}", timeout_s=2.0, peer="channel")
     try:

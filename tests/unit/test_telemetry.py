@@ -525,6 +525,46 @@ def _peer_call(status_line: bytes | None, path: str) -> None:
     asyncio.run(go())
 
 
+def test_peer_receives_the_client_span_as_parent_and_the_client_span_is_the_callers_child(
+    app: FastAPI,
+) -> None:
+    from opentelemetry import trace
+
+    from services.common.http import ServiceClient
+
+    heads: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+        await writer.drain()
+        writer.close()
+
+    async def go() -> None:
+        server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = ServiceClient(f"http://127.0.0.1:{port}", timeout_s=2.0, peer="channel")
+        tracer = trace.get_tracer("test")
+        try:
+            with tracer.start_as_current_span("caller") as caller_span:
+                await client.request("GET", "/payments/p-1")
+                assert trace.get_current_span() is caller_span  # restored after the call
+        finally:
+            await client.close()
+            server.close()
+
+    _exporter.clear()
+    asyncio.run(go())
+    (span,) = _client_spans()
+    (caller,) = [s for s in _exporter.get_finished_spans() if s.name == "caller"]
+    assert span.parent is not None and span.parent.span_id == caller.context.span_id
+    sent = [line for line in heads[0].split(b"\r\n") if line.lower().startswith(b"traceparent:")]
+    assert len(sent) == 1
+    _, trace_id, span_id, _ = sent[0].split(b":", 1)[1].strip().decode().split("-")
+    assert trace_id == format(caller.context.trace_id, "032x")
+    assert span_id == format(span.context.span_id, "016x")  # the CLIENT span, not the caller
+
+
 def test_client_span_has_the_semconv_http_attributes(app: FastAPI) -> None:
     _exporter.clear()
     _peer_call(b"200 OK", "/stock/sku-1?fresh=1")
