@@ -20,6 +20,7 @@ from typing import Any
 from loadtests.history import LOAD_STOPPED
 from rundir import RunDirError, read_json
 from slos.audit import AuditResult
+from slos.blackbox import NEEDS_EXPORT
 from slos.checkers import (
     UNKNOWN,
     Facts,
@@ -295,6 +296,9 @@ class Evaluator:
             return Measurement([r.seconds for r in heals], samples=len(heals), note=note)
         timeline = self.timeline(o.op)
         if sli == "payment_lag":
+            if self.audit.mode == "blackbox":
+                return Measurement(unknown=f"{NEEDS_EXPORT}: when an order became paid is "
+                                   "internal (its transitions)")
             lags = [lag for t, lag in payment_lag_samples(self.facts) if timeline.keeps(o.phase, t)]
             return Measurement(lags, samples=len(lags))
         if sli == "confirmation_time":
@@ -351,19 +355,34 @@ class Evaluator:
 
     def _anomaly(self, o: Objective) -> Measurement:
         checks = [self.audit.checks[c] for c in o.classes or []]
-        undecided = [c.cls for c in checks if c.verdict == UNKNOWN]
-        total = sum(c.count for c in checks)
+        decided = [c for c in checks if c.verdict != UNKNOWN]
+        undecided = [c for c in checks if c.verdict == UNKNOWN]
+        allowed = [c.cls for c in undecided if self.allows_missing_export(c.error)]
+        blocking = [c.cls for c in undecided if c.cls not in allowed]
+        total = sum(c.count for c in decided)
         m = Measurement(scalar=float(total), count=float(total), samples=self.audit.completed_ops,
-                        note=", ".join(f"{c.cls}={c.count}" for c in checks))
-        if undecided:
-            m.unknown = f"checker(s) {', '.join(undecided)} could not decide"
-            return m
-        unwalked = never_walked(o.classes or [], self.audit.paths)
+                        note=", ".join(f"{c.cls}={c.count}" for c in decided))
         value = aggregate(o.threshold, m)
         passes = value is not None and o.threshold.holds(value)
+        if decided and not passes:
+            return m  # anomalies found are a finding, whatever else stayed undecided
+        if blocking:
+            m.unknown = f"checker(s) {', '.join(blocking)} could not decide"
+            return m
+        if allowed:
+            if not decided:
+                m.unknown = f"{NEEDS_EXPORT} for {', '.join(allowed)}"
+                return m
+            m.note += (f"; {', '.join(allowed)} not decided ({NEEDS_EXPORT}; "
+                       "this SLO file allows it: needs_export: allow)")
+        unwalked = never_walked([c.cls for c in decided], self.audit.paths)
         if unwalked and passes:  # nothing found where nothing was tried is no evidence
             m.unknown = "; ".join(f"path {path} never walked" for path in unwalked)
         return m
+
+    def allows_missing_export(self, why: str | None) -> bool:
+        """A black-box unknown the SLO file does not block on (`needs_export: allow`)."""
+        return self.slo.needs_export == "allow" and bool(why) and NEEDS_EXPORT in str(why)
 
     # tiers
 
@@ -394,6 +413,10 @@ class Evaluator:
             base.reason = f"could not measure: {type(exc).__name__}: {exc}"
             return base
         base.samples = m.samples
+        if m.unknown and self.allows_missing_export(m.unknown):
+            base.tier = NOT_APPLICABLE
+            base.reason = f"{m.unknown} (black-box audit; this SLO file has needs_export: allow)"
+            return base
         measured = aggregate(threshold, m)
         base.measured = measured
         base.shown = threshold.show(measured)

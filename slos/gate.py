@@ -16,6 +16,7 @@ from typing import Any
 from rundir import RunDirError, read_json, write_json
 from slos.audit import AuditResult, audit, write_audit
 from slos.baseline import baseline_dir_of, check_comparable, require_tolerance, run_identity
+from slos.blackbox import NEEDS_EXPORT
 from slos.checkers import INFO_VERDICT, INVALID, PLAIN, UNKNOWN, VALID
 from slos.evaluate import (
     FAIL_TIER,
@@ -44,8 +45,13 @@ class GateError(Exception):
 # --- verdict -----------------------------------------------------------------
 
 
-def decide(objectives: list[ObjectiveResult], result: AuditResult) -> tuple[str, list[str]]:
-    """The gate's verdict and what went wrong, in plain words, worst first."""
+def decide(objectives: list[ObjectiveResult], result: AuditResult,
+           slo: SloFile | None = None) -> tuple[str, list[str]]:
+    """The gate's verdict and what went wrong, in plain words, worst first.
+
+    A check the audit could not decide leaves the verdict unknown, unless it is a black-box
+    unknown ("needs the target's export") and `slo` says `needs_export: allow`.
+    """
     problems: list[str] = []
     for check in result.anomalies():
         problems.append(PLAIN.get(check.cls, "{n} " + check.name).format(n=check.count))
@@ -58,7 +64,9 @@ def decide(objectives: list[ObjectiveResult], result: AuditResult) -> tuple[str,
         return FAIL_TIER, problems
     undecided = [f"{o.name}: {o.reason}" for o in objectives if o.tier == UNKNOWN]
     if result.verdict == UNKNOWN:
-        undecided += [f"audit: {reason}" for reason in result.reasons]
+        allow = slo is not None and slo.needs_export == "allow"
+        undecided += [f"audit: {reason}" for reason in result.reasons
+                      if not (allow and NEEDS_EXPORT in reason)]
     if undecided:
         return UNKNOWN, undecided
     warnings = [f"{o.name}: {o.reason}" for o in objectives if o.tier == WARNING]
@@ -140,7 +148,7 @@ def baseline_values(path: Path, slo: SloFile) -> dict[str, Any]:
         objectives = Evaluator(records, result, slo).run(None)
         return {
             "_path": str(path),
-            "verdict": decide(objectives, result)[0],
+            "verdict": decide(objectives, result, slo)[0],
             "objectives": [o.to_dict() for o in objectives],
             "audit": result.to_dict(),
         }
@@ -160,7 +168,7 @@ def gate_records(run_dir: Path, records: Records, slo: SloFile,
     result = audit(records)
     evaluator = Evaluator(records, result, slo)
     objectives = evaluator.run(previous)
-    verdict, problems = decide(objectives, result)
+    verdict, problems = decide(objectives, result, slo)
     started, ended = run_span(records)
     load_start, load_end = evaluator.load_span()
     observed = [evaluator.timeline(o.op).duration(o.phase, load_start, load_end)

@@ -187,6 +187,10 @@ class SloFile(BaseModel):
     min_samples: int = Field(default=1, ge=0)
     objectives: list[Objective] = Field(min_length=1)
     baseline: Baseline | None = None
+    # black-box runs (a target without the order export): what an objective does when what it
+    # needs is only in the target's export — `block` (unknown, exit 2) or `allow` (reported as
+    # not applicable with the reason; the objective is decided over what the run could see)
+    needs_export: Literal["block", "allow"] = "block"
     path: str | None = None  # where it was loaded from (not in the YAML)
 
     @model_validator(mode="after")

@@ -4,7 +4,8 @@ inventory, the shop started from its target file, killed and restarted.
 With its export (target.yaml, the full audit) `smoke` and `callback-storm` pass with the smoke
 SLO, and its planted bug (`SHOP_BUG=no-query-on-timeout`, inherited from chaosbed's environment)
 fails `smoke` on P6 (orphan charge).  Audited black-box (target-blackbox.yaml) the bug fails on P6
-all the same, and the correct shop shows no anomaly (the classes that need the export are unknown).
+all the same, and the correct shop shows no anomaly and passes (the classes that need the export
+are unknown, and smoke.yaml's `needs_export: allow` decides on the rest).
 Each run is a minute or two, hence `slow`; the gate matrix runs the example in the shorter
 gate-selftest (tests/integration/test_gate_matrix.py).
 """
@@ -101,9 +102,12 @@ def test_the_correct_example_shows_no_anomaly_black_box(tmp_path: Path) -> None:
     run = run_example("smoke", tmp_path, target=BLACKBOX)
     assert run.audit()["mode"] == "blackbox"
     assert run.invalid() == {}, run.evidence()
-    # the smoke SLO names classes only the export decides: unknown (2), never a silent pass
-    assert run.exit_code == 2, run.evidence()
+    # smoke.yaml allows what only the export decides (needs_export: allow) and names it
+    assert run.exit_code == 0, run.evidence()
     assert "needs the target's export" in json.dumps(run.audit())
+    result = json.loads((run.run_dir / "result.json").read_text())
+    assert any(o["tier"] == "not_applicable" and "needs the target's export" in o["reason"]
+               for o in result["objectives"]), result["objectives"]
 
 
 def test_the_example_passes_callback_storm(tmp_path: Path) -> None:

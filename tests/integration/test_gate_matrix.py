@@ -23,11 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from benchmarks.bench_gate import GateRun, run_gate
 from examples.shop import shop
 from services.common.bugs import EXPECTED_CLASSES, PLANTED_BUGS
 from slos.blackbox import NEEDS_EXPORT, UNDECIDABLE
+from slos.gate import evaluate_run
+
+SMOKE = Path(__file__).resolve().parents[2] / "slos" / "smoke.yaml"
 
 pytestmark = [pytest.mark.integration, pytest.mark.gate_matrix]
 
@@ -85,10 +89,22 @@ def test_the_correct_build_black_box_finds_nothing_and_names_what_it_cannot_see(
     run = run_gate((), tmp_path, target=BLACKBOX)
     checks = _audit(run)["checks"]
     assert run.invalid == {}, _evidence(run)
-    assert run.exit_code == 2, _evidence(run)  # smoke.yaml names P13, Q1: unknown, not a pass
+    # smoke.yaml says `needs_export: allow`: decided on what the run could see ...
+    assert run.exit_code == 0, _evidence(run)
     for cls in UNDECIDABLE:
         assert checks[cls]["verdict"] == "unknown", cls
         assert NEEDS_EXPORT in checks[cls]["error"], checks[cls]
+    # ... and a file that blocks on it (the default, as in release.yaml) answers unknown
+    assert _reevaluated(run, tmp_path, needs_export="block").verdict == "unknown"
+
+
+def _reevaluated(run: GateRun, tmp_path: Path, **changes: Any) -> Any:
+    """The same run evaluated against smoke.yaml with `changes` (a fresh result.json)."""
+    assert run.run_dir is not None
+    slo = yaml.safe_load(SMOKE.read_text()) | changes
+    path = tmp_path / "smoke-changed.yaml"
+    path.write_text(yaml.safe_dump(slo))
+    return evaluate_run(run.run_dir, path, None)
 
 
 @pytest.mark.parametrize("bug", BLACKBOX_VISIBLE)
@@ -107,7 +123,12 @@ def test_a_bug_only_the_export_shows_answers_unknown_black_box(bug: str, tmp_pat
     run = run_gate((bug,), tmp_path, target=BLACKBOX)
     check = _audit(run)["checks"][EXPECTED_CLASSES[bug]]
     assert check["verdict"] == "unknown" and NEEDS_EXPORT in check["error"], check
-    assert run.exit_code != 0, _evidence(run)  # never a silent pass
+    # never a silent pass: smoke.yaml (needs_export: allow) names what it could not decide ...
+    result = json.loads((run.run_dir / "result.json").read_text())  # type: ignore[operator]
+    reasons = " ".join(o["reason"] for o in result["objectives"])
+    assert f"{EXPECTED_CLASSES[bug]} not decided ({NEEDS_EXPORT}" in reasons, reasons
+    # ... and a file that blocks on it does not pass
+    assert _reevaluated(run, tmp_path, needs_export="block").exit_code != 0, _evidence(run)
 
 
 def test_every_planted_bug_is_in_the_black_box_column() -> None:

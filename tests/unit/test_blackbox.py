@@ -204,3 +204,73 @@ def test_the_final_read_retries_unclear_reads_and_keeps_definite_answers() -> No
     assert [r["outcome"] for r in rows] == ["ok", "fail", "info"]
     assert rows[0]["status"] == "PAID" and rows[0]["amount"] == 500  # asked for, not shown
     assert adapter.reads == ["o-1", "o-1", "o-2", "o-3", "o-3", "o-3"]
+
+
+# --- the SLO file decides whether "needs the target's export" blocks ----------------------
+
+POLICY_SLO = {
+    "name": "policy",
+    "min_samples": 1,
+    "objectives": [
+        {"name": "money", "sli": "anomaly", "class": ["P1", "P6", "P13"], "pass": "count == 0"},
+        {"name": "messages", "sli": "anomaly", "class": ["Q1"], "pass": "count == 0"},
+        {"name": "lag", "sli": "payment_lag", "pass": "p(99) < 30s"},
+    ],
+}
+
+
+def black_box_run(tmp_path: Path, plant: Callable[[Records], None] | None = None) -> Path:
+    r = clean_run(20, every_path=True)
+    if plant is not None:
+        plant(r)
+    run_dir = write_run(r, tmp_path / "run")
+    (run_dir / "exports" / "order.ndjson").unlink()
+    lines = [json.dumps(row) for row in final_read_rows(r)]
+    (run_dir / "final_read.ndjson").write_text("\n".join(lines) + "\n")
+    return run_dir
+
+
+def gate_with(run_dir: Path, policy: str | None) -> dict[str, Any]:
+    from slos.gate import gate_records
+    from slos.model import SloFile
+
+    data = dict(POLICY_SLO, **({"needs_export": policy} if policy else {}))
+    result = gate_records(run_dir, load_run(run_dir), SloFile.model_validate(data))
+    return {o.name: o for o in result.objectives} | {"verdict": result.verdict}
+
+
+def test_needs_export_blocks_by_default_and_allow_decides_on_what_was_seen(
+    tmp_path: Path,
+) -> None:
+    run_dir = black_box_run(tmp_path)
+    blocked = gate_with(run_dir, None)
+    assert blocked["verdict"] == "unknown"
+    assert blocked["money"].tier == "unknown" and "P13" in blocked["money"].reason
+    allowed = gate_with(run_dir, "allow")
+    assert allowed["verdict"] == "pass"
+    money = allowed["money"]
+    assert money.tier == "pass" and "P13 not decided" in money.reason, money.reason
+    assert NEEDS_EXPORT in money.reason
+    for name in ("messages", "lag"):  # nothing of them visible: not applicable, with the reason
+        assert allowed[name].tier == "not_applicable", allowed[name]
+        assert NEEDS_EXPORT in allowed[name].reason
+
+
+def test_an_anomaly_found_fails_whatever_stayed_undecided(tmp_path: Path) -> None:
+    def lose_payment(r: Records) -> None:
+        r.orders[3].status = "CLOSED"  # paid and charged, the order closed: P1, P6
+
+    run_dir = black_box_run(tmp_path, lose_payment)
+    for policy in (None, "allow"):
+        gate = gate_with(run_dir, policy)
+        assert gate["money"].tier == "fail", (policy, gate["money"].reason)
+        assert gate["verdict"] == "fail"
+
+
+def test_needs_export_refuses_other_words(tmp_path: Path) -> None:
+    from slos.model import SloFileError, load_slo
+
+    path = tmp_path / "slo.yaml"
+    path.write_text(json.dumps(dict(POLICY_SLO, needs_export="maybe")))
+    with pytest.raises(SloFileError, match="needs_export"):
+        load_slo(path)
