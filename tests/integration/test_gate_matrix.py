@@ -14,6 +14,9 @@ export shows (ack-before-commit, P13) answers unknown with the reason.
 The example target (examples/shop, a service written apart from chaosbed) runs the same
 scenario: correct and audited in full (it serves the export), it passes; with its own bug switch
 (SHOP_BUG), it fails on that bug's class, in the full audit and black-box alike.
+
+Each case is about a minute: `make test` runs the full-audit matrix and the correct builds of the
+other columns; the black-box and example bug cases are marked slow (`make test-slow`).
 """
 
 from __future__ import annotations
@@ -107,6 +110,7 @@ def _reevaluated(run: GateRun, tmp_path: Path, **changes: Any) -> Any:
     return evaluate_run(run.run_dir, path, None)
 
 
+@pytest.mark.slow  # in `make test-slow`: make test keeps the full-audit matrix
 @pytest.mark.parametrize("bug", BLACKBOX_VISIBLE)
 def test_a_planted_bug_black_box_fails_the_gate_on_the_full_audits_class(
     bug: str, tmp_path: Path
@@ -118,6 +122,7 @@ def test_a_planted_bug_black_box_fails_the_gate_on_the_full_audits_class(
     assert run.invalid.get(expected, 0) >= 1, f"{bug} not caught as {expected}: " + _evidence(run)
 
 
+@pytest.mark.slow  # in `make test-slow`: make test keeps the full-audit matrix
 @pytest.mark.parametrize("bug", BLACKBOX_HIDDEN)
 def test_a_bug_only_the_export_shows_answers_unknown_black_box(bug: str, tmp_path: Path) -> None:
     run = run_gate((bug,), tmp_path, target=BLACKBOX)
@@ -146,6 +151,7 @@ def test_the_example_target_passes_the_gate_selftest(tmp_path: Path) -> None:
     assert run.invalid == {}, _evidence(run)
 
 
+@pytest.mark.slow  # in `make test-slow`: make test keeps the full-audit matrix
 @pytest.mark.parametrize("target", [EXAMPLE, EXAMPLE_BLACKBOX], ids=["full", "blackbox"])
 @pytest.mark.parametrize("bug", sorted(EXAMPLE_CLASSES))
 def test_the_example_targets_bug_fails_the_gate_on_its_class(

@@ -37,6 +37,7 @@ SLO = {
          "pass": "count == 0", "key": True},
         {"name": "payments succeed", "sli": "success_rate", "op": "pay", "pass": "rate >= 99%"},
     ],
+    "baseline": {"max_regression": "+10%"},  # the comparison's tolerance (no hidden default)
 }
 JAEGER = "http://127.0.0.1:16686"
 # a new fault every 5 s, each for 8 s, on every link in turn (as network-chaos does)
