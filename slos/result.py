@@ -37,7 +37,8 @@ class GateResult:
     ended: float | None = None
     observed_s: list[float] = field(default_factory=list)  # per objective: seconds measured
 
-    def to_dict(self) -> dict[str, Any]:
+    def _head(self) -> dict[str, Any]:
+        """The fields result.json and the --json summary share, in the same words."""
         return {
             "schema_version": SCHEMA_VERSION,
             "verdict": self.verdict,
@@ -46,6 +47,11 @@ class GateResult:
             "problems": self.problems,
             "error": self.error,
             "run_dir": str(self.run_dir),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self._head(),
             "slo": None if self.slo is None else {"name": self.slo.name, "path": self.slo.path,
                                                   "description": self.slo.description},
             "objectives": [o.to_dict() for o in self.objectives],
@@ -64,13 +70,7 @@ class GateResult:
         anomalies = {} if self.audit is None else {
             c.cls: c.count for c in self.audit.anomalies()}
         return {
-            "schema_version": SCHEMA_VERSION,
-            "verdict": self.verdict,
-            "exit_code": self.exit_code,
-            "headline": self.headline,
-            "problems": self.problems,
-            "error": self.error,
-            "run_dir": str(self.run_dir),
+            **self._head(),
             "objectives": [
                 {"name": o.name, "tier": o.tier, "measured": o.measured,
                  "measured_text": o.shown, "objective": o.objective, "samples": o.samples,
