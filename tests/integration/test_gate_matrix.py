@@ -15,13 +15,22 @@ The example target (examples/shop, a service written apart from chaosbed) runs t
 scenario: correct and audited in full (it serves the export), it passes; with its own bug switch
 (SHOP_BUG), it fails on that bug's class, in the full audit and black-box alike.
 
-Each case is about a minute: `make test` runs the full-audit matrix and the correct builds of the
-other columns; the black-box and example bug cases are marked slow (`make test-slow`).
+Each case is about a minute of wall clock but little CPU (a few journeys per second), so the
+selected cases run CHAOSBED_GATE_MATRIX_PARALLEL at a time (default 3, starts a few seconds
+apart), each test waiting for its own run: the matrix's wall time is about a third of the sum.
+`make test` runs the full-audit matrix and the correct builds of the other columns; the
+black-box and example bug cases are marked slow (`make test-slow`).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,21 +54,88 @@ EXAMPLE_BLACKBOX = EXAMPLE.with_name("target-blackbox.yaml")
 EXAMPLE_CLASSES = {"no-query-on-timeout": "P6"}  # orphan charge (also P1)
 
 
+PARALLEL = int(os.environ.get("CHAOSBED_GATE_MATRIX_PARALLEL", "3"))
+START_SPACING_S = 5.0  # runs start apart: each binds its ports in its first seconds
+
+
+@dataclass(frozen=True)
+class Case:
+    """One `chaosbed run gate-selftest` of the matrix: planted bugs, target, extra env."""
+
+    bugs: tuple[str, ...] = ()
+    target: str | Path | None = None
+    env: tuple[tuple[str, str], ...] = ()
+
+
+class Matrix:
+    """Every selected case's run, PARALLEL at a time in the order the tests were collected."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.pool = ThreadPoolExecutor(max_workers=max(1, PARALLEL))
+        self.runs: dict[Case, Future[GateRun]] = {}
+        self._lock = threading.Lock()
+        self._next_start = time.monotonic()
+
+    def submit(self, cases: list[Case]) -> None:
+        for case in cases:
+            if case not in self.runs:
+                self.runs[case] = self.pool.submit(self._run, case, len(self.runs))
+
+    def _run(self, case: Case, number: int) -> GateRun:
+        with self._lock:  # space out the starts
+            wait = self._next_start - time.monotonic()
+            self._next_start = max(self._next_start, time.monotonic()) + START_SPACING_S
+        if wait > 0:
+            time.sleep(wait)
+        return run_gate(
+            case.bugs, self.root / f"case-{number}", target=case.target, env=dict(case.env)
+        )
+
+    def result(self, case: Case) -> GateRun:
+        self.submit([case])
+        return self.runs[case].result()
+
+
+@pytest.fixture(scope="module")
+def matrix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Matrix]:
+    runs = Matrix(tmp_path_factory.mktemp("gate-matrix"))
+    yield runs
+    runs.pool.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.fixture
+def gate(request: pytest.FixtureRequest, matrix: Matrix) -> GateRun:
+    """The run of this test's `Case` (parametrized indirectly); the first test to ask starts
+    every case the session selected from this module."""
+    if not matrix.runs:
+        selected = (getattr(item, "callspec", None) for item in request.session.items
+                    if getattr(item, "module", None) is request.module)
+        matrix.submit([spec.params["gate"] for spec in selected
+                       if spec is not None and "gate" in spec.params])
+    return matrix.result(request.param)
+
+
 def _evidence(run: GateRun) -> str:
     tail = "\n".join(run.output.splitlines()[-15:])
     return f"run {run.run_dir}: exit {run.exit_code}, invalid classes {run.invalid}\n{tail}"
 
 
-def test_the_correct_build_passes_the_gate_selftest(tmp_path: Path) -> None:
-    run = run_gate((), tmp_path)
+BUGS = sorted(EXPECTED_CLASSES)
+
+
+@pytest.mark.parametrize("gate", [Case()], indirect=True, ids=["correct"])
+def test_the_correct_build_passes_the_gate_selftest(gate: GateRun) -> None:
+    run = gate
     assert run.run_dir is not None, run.output
     assert run.exit_code == 0, _evidence(run)
     assert run.invalid == {}, _evidence(run)
 
 
-@pytest.mark.parametrize("bug", sorted(EXPECTED_CLASSES))
-def test_a_planted_bug_fails_the_gate_on_its_class(bug: str, tmp_path: Path) -> None:
-    run = run_gate((bug,), tmp_path)
+@pytest.mark.parametrize("gate", [Case((bug,)) for bug in BUGS], indirect=True, ids=BUGS)
+def test_a_planted_bug_fails_the_gate_on_its_class(gate: GateRun) -> None:
+    run = gate
+    (bug,) = run.bugs
     assert run.run_dir is not None, run.output
     assert json.loads((run.run_dir / "run.json").read_text())["bugs"] == [bug]
     assert run.exit_code == 1, _evidence(run)
@@ -86,10 +162,11 @@ def _audit(run: GateRun) -> dict[str, Any]:
     return audit
 
 
+@pytest.mark.parametrize("gate", [Case(target=BLACKBOX)], indirect=True, ids=["correct"])
 def test_the_correct_build_black_box_finds_nothing_and_names_what_it_cannot_see(
-    tmp_path: Path,
+    gate: GateRun, tmp_path: Path
 ) -> None:
-    run = run_gate((), tmp_path, target=BLACKBOX)
+    run = gate
     checks = _audit(run)["checks"]
     assert run.invalid == {}, _evidence(run)
     # smoke.yaml says `needs_export: allow`: decided on what the run could see ...
@@ -111,11 +188,13 @@ def _reevaluated(run: GateRun, tmp_path: Path, **changes: Any) -> Any:
 
 
 @pytest.mark.slow  # in `make test-slow`: make test keeps the full-audit matrix
-@pytest.mark.parametrize("bug", BLACKBOX_VISIBLE)
-def test_a_planted_bug_black_box_fails_the_gate_on_the_full_audits_class(
-    bug: str, tmp_path: Path
-) -> None:
-    run = run_gate((bug,), tmp_path, target=BLACKBOX)
+@pytest.mark.parametrize(
+    "gate", [Case((bug,), BLACKBOX) for bug in BLACKBOX_VISIBLE], indirect=True,
+    ids=BLACKBOX_VISIBLE,
+)
+def test_a_planted_bug_black_box_fails_the_gate_on_the_full_audits_class(gate: GateRun) -> None:
+    run = gate
+    (bug,) = run.bugs
     _audit(run)
     assert run.exit_code == 1, _evidence(run)
     expected = EXPECTED_CLASSES[bug]
@@ -123,9 +202,15 @@ def test_a_planted_bug_black_box_fails_the_gate_on_the_full_audits_class(
 
 
 @pytest.mark.slow  # in `make test-slow`: make test keeps the full-audit matrix
-@pytest.mark.parametrize("bug", BLACKBOX_HIDDEN)
-def test_a_bug_only_the_export_shows_answers_unknown_black_box(bug: str, tmp_path: Path) -> None:
-    run = run_gate((bug,), tmp_path, target=BLACKBOX)
+@pytest.mark.parametrize(
+    "gate", [Case((bug,), BLACKBOX) for bug in BLACKBOX_HIDDEN], indirect=True,
+    ids=BLACKBOX_HIDDEN,
+)
+def test_a_bug_only_the_export_shows_answers_unknown_black_box(
+    gate: GateRun, tmp_path: Path
+) -> None:
+    run = gate
+    (bug,) = run.bugs
     check = _audit(run)["checks"][EXPECTED_CLASSES[bug]]
     assert check["verdict"] == "unknown" and NEEDS_EXPORT in check["error"], check
     # never a silent pass: smoke.yaml (needs_export: allow) names what it could not decide ...
@@ -144,20 +229,32 @@ def test_every_planted_bug_is_in_the_black_box_column() -> None:
 # --- the example target (examples/shop), in the full audit and black-box -------------------
 
 
-def test_the_example_target_passes_the_gate_selftest(tmp_path: Path) -> None:
-    run = run_gate((), tmp_path, target=EXAMPLE, env={"SHOP_BUG": ""})
+@pytest.mark.parametrize(
+    "gate", [Case(target=EXAMPLE, env=(("SHOP_BUG", ""),))], indirect=True, ids=["correct"]
+)
+def test_the_example_target_passes_the_gate_selftest(gate: GateRun) -> None:
+    run = gate
     assert run.run_dir is not None, run.output
     assert run.exit_code == 0, _evidence(run)
     assert run.invalid == {}, _evidence(run)
 
 
+EXAMPLE_CASES = {
+    f"{bug}-{column}": Case(target=target, env=(("SHOP_BUG", bug),))
+    for bug in sorted(EXAMPLE_CLASSES)
+    for column, target in (("full", EXAMPLE), ("blackbox", EXAMPLE_BLACKBOX))
+}
+
+
 @pytest.mark.slow  # in `make test-slow`: make test keeps the full-audit matrix
-@pytest.mark.parametrize("target", [EXAMPLE, EXAMPLE_BLACKBOX], ids=["full", "blackbox"])
-@pytest.mark.parametrize("bug", sorted(EXAMPLE_CLASSES))
+@pytest.mark.parametrize(
+    "gate", list(EXAMPLE_CASES.values()), indirect=True, ids=list(EXAMPLE_CASES)
+)
 def test_the_example_targets_bug_fails_the_gate_on_its_class(
-    bug: str, target: Path, tmp_path: Path
+    gate: GateRun, request: pytest.FixtureRequest
 ) -> None:
-    run = run_gate((), tmp_path, target=target, env={"SHOP_BUG": bug})
+    run = gate
+    bug = dict(request.node.callspec.params["gate"].env)["SHOP_BUG"]
     assert run.run_dir is not None, run.output
     assert f"bug {bug}" in (run.run_dir / "order.log").read_text()  # the shop really had it on
     assert run.exit_code == 1, _evidence(run)
