@@ -221,6 +221,7 @@ class RunPipeline:
                 self._cleanup()
             self._end("interrupted")
             healed = "faults healed" if not self._active() else "SOME FAULTS NOT HEALED"
+            self._interrupted_result(healed)
             say(f"interrupted: {healed}, processes stopped; partial run in {self.run_dir}")
             return EXIT_INTERRUPTED
         except Exception as exc:
@@ -252,6 +253,19 @@ class RunPipeline:
             say(f"could not write result.json: {type(exc).__name__}: {exc}")
         say(f"harness failure: {message} (details in {self.run_dir})")
         return EXIT_HARNESS
+
+    def _interrupted_result(self, healed: str) -> None:
+        """result.json and junit.xml of an interrupted run: verdict `error`, exit 130, so a CI
+        job cancelled mid-run finds a result that says no verdict was reached, and why."""
+        assert self.run_dir is not None
+        message = f"interrupted by SIGINT/SIGTERM before the gate ran ({healed})"
+        try:
+            from slos.gate import harness_error
+
+            self._print_summary(
+                harness_error(self.run_dir, message, exit_code=EXIT_INTERRUPTED).summary())
+        except Exception as exc:
+            say(f"could not write result.json: {type(exc).__name__}: {exc}")
 
     def _print_summary(self, summary: dict[str, Any]) -> None:
         if self.json_summary:

@@ -202,10 +202,11 @@ def run_span(records: Records) -> tuple[float | None, float | None]:
     return started, ended
 
 
-def harness_error(run_dir: Path, message: str) -> GateResult:
+def harness_error(run_dir: Path, message: str, *, exit_code: int = EXIT_HARNESS) -> GateResult:
     """A result for a run the harness could not finish or the gate could not evaluate:
-    result.json (verdict `error`) and junit.xml (one `<error>` test case), if it can."""
-    gate = GateResult(ERROR, EXIT_HARNESS, headline(ERROR, [message], None), run_dir,
+    result.json (verdict `error`) and junit.xml (one `<error>` test case), if it can.
+    `exit_code` is 3, or 130 for a run interrupted by SIGINT/SIGTERM before the gate."""
+    gate = GateResult(ERROR, exit_code, headline(ERROR, [message], None), run_dir,
                       problems=[message], error=message)
     try:
         run = read_json(run_dir / "run.json")

@@ -322,6 +322,12 @@ def test_ctrl_c_completes_every_open_operation(
     records = rundir.read_ndjson(run_dir / "faults.ndjson")
     assert [(r["event"], r["ok"]) for r in records] == [("apply", True), ("heal", True)]
     assert rundir.read_json(run_dir / "run.json")["status"] == "interrupted"
+    # a cancelled CI job still finds a result: no verdict reached, and why
+    result = rundir.read_json(run_dir / "result.json")
+    assert (result["verdict"], result["exit_code"]) == ("error", 130), result
+    assert "interrupted" in result["error"] and "faults healed" in result["error"], result
+    junit = (run_dir / "junit.xml").read_text()
+    assert "<error" in junit and "interrupted" in junit, junit
     assert _processes_mentioning(str(run_dir)) == []
 
 

@@ -90,9 +90,21 @@ def test_a_harness_error_result_validates_and_writes_a_junit_error(tmp_path: Pat
     assert gate.summary()["verdict"] == "error"
 
 
+def test_an_interrupted_run_result_is_an_error_with_exit_130(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    rundir.write_json(run_dir / "run.json", {"started": 1_700_000_000.0, "status": "interrupted"})
+    harness_error(run_dir, "interrupted by SIGINT/SIGTERM before the gate ran", exit_code=130)
+    result = json.loads((run_dir / "result.json").read_text())
+    _validate(result)
+    assert (result["verdict"], result["exit_code"]) == ("error", 130)
+    assert "interrupted" in result["headline"]
+
+
 @pytest.mark.parametrize("broken", [
     {"schema_version": None},
     {"verdict": "error", "exit_code": 0},
+    {"verdict": "pass", "exit_code": 130},
     {"verdict": "pass", "exit_code": 1},
     {"verdict": "FAIL"},
 ])
