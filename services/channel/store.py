@@ -29,8 +29,10 @@ CREATE TABLE IF NOT EXISTS payments (
     created_at        REAL NOT NULL,
     traceparent       TEXT
 );
+-- seq without AUTOINCREMENT: the triggers below refuse every DELETE, so max(seq)+1 is as
+-- monotonic (the bill's cursor relies on it) and a commit writes no sqlite_sequence page
 CREATE TABLE IF NOT EXISTS ledger (
-    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq        INTEGER PRIMARY KEY,
     txn_id     TEXT,
     payment_id TEXT NOT NULL REFERENCES payments(payment_id),
     kind       TEXT NOT NULL CHECK (kind IN ('charge', 'refund', 'close')),
@@ -56,8 +58,9 @@ CREATE TABLE IF NOT EXISTS notifications (
     created_at      REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS notifications_due ON notifications(state, next_attempt_at);
+-- no AUTOINCREMENT: no row is ever deleted, so max(id)+1 is as monotonic
 CREATE TABLE IF NOT EXISTS notify_log (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    id          INTEGER PRIMARY KEY,
     notify_id   TEXT NOT NULL REFERENCES notifications(notify_id),
     attempt     INTEGER NOT NULL,
     t           REAL NOT NULL,

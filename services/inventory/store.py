@@ -38,8 +38,10 @@ CREATE TABLE IF NOT EXISTS tombstones (
     order_id TEXT PRIMARY KEY,
     t        REAL NOT NULL
 );
+-- no AUTOINCREMENT: no event is ever deleted, so max(id)+1 is as monotonic and a commit
+-- writes no sqlite_sequence page
 CREATE TABLE IF NOT EXISTS events (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    id          INTEGER PRIMARY KEY,
     order_id    TEXT NOT NULL,
     kind        TEXT NOT NULL,
     t           REAL NOT NULL,
