@@ -14,7 +14,8 @@ processor is added (tests, benchmarks):
 - OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, else OTEL_EXPORTER_OTLP_PROTOCOL: `http/protobuf`
   (default) or `grpc` (needs the opentelemetry-exporter-otlp-proto-grpc package).
 - the endpoint, headers, timeout, sampler (OTEL_TRACES_SAMPLER) and batch settings are read
-  by the SDK itself.
+  by the SDK itself.  The http/protobuf exporter is the SDK's with a faster encoder of the
+  same bytes (services/common/otlp.py).
 A value this module cannot honour is a `TelemetryConfigError` naming the variable, at startup.
 With tracing off no span objects exist: the incoming `traceparent` is only remembered, so
 stored records, log lines and calls to peers still carry the caller's trace id.
@@ -171,7 +172,7 @@ def _span_exporter(name: str, protocol: str) -> SpanExporter:
 
         exporter: SpanExporter = GrpcSpanExporter()
         return exporter
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from services.common.otlp import OTLPSpanExporter
 
     return OTLPSpanExporter()
 
