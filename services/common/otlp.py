@@ -106,6 +106,10 @@ def _any_value(value: Any) -> bytes:
 # key -> its KeyValue.key field; a service uses a few dozen keys
 _KEYS: dict[str, bytes] = {}
 _KEYS_KEPT = 1024
+# (key, value) -> its length-prefixed KeyValue, by the value's exact type (a float is not
+# cached: -0.0 == 0.0, and NaN never hits); most server span attributes repeat
+_PAIRS: dict[type, dict[tuple[str, Any], bytes]] = {str: {}, int: {}, bool: {}}
+_PAIRS_KEPT = 4096
 
 
 def _key_value(key: str, value: Any) -> bytes:
@@ -117,15 +121,31 @@ def _key_value(key: str, value: Any) -> bytes:
     return field + _delimited(b"\x12", _any_value(value))
 
 
+def _pair(key: str, value: Any) -> bytes:
+    """A KeyValue with its length prefix, cached when its value is a str, int or bool."""
+    cache = _PAIRS.get(type(value))
+    if cache is None:
+        return _delimited(b"", _key_value(key, value))
+    entry = cache.get((key, value))
+    if entry is None:
+        if len(cache) >= _PAIRS_KEPT:
+            cache.clear()
+        entry = cache[(key, value)] = _delimited(b"", _key_value(key, value))
+    return entry
+
+
 def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
     """Repeated KeyValue fields under `tag`; a value that cannot be encoded is logged and
     left out, as the SDK's `_encode_attributes` does."""
     if not attributes:
         return b""
+    # a span's attributes are a mapping proxy of BoundedAttributes: its copy() is a plain dict
+    copy = getattr(attributes, "copy", None)
+    items = (copy() if copy is not None else attributes).items()
     parts = []
-    for key, value in attributes.items():
+    for key, value in items:
         try:
-            parts.append(_delimited(tag, _key_value(key, value)))
+            parts.append(tag + _pair(key, value))
         except Exception as error:  # noqa: BLE001 - the SDK's encoder skips any such value
             _logger.exception("Failed to encode key %s: %s", key, error)
     return b"".join(parts)
@@ -137,6 +157,8 @@ def _uint(tag: bytes, n: int) -> bytes:
 
 def _span(span: ReadableSpan) -> bytes:
     context = span.get_span_context()
+    if context is None:  # the SDK's encoder fails the batch on it too
+        raise ValueError(f"span {span.name!r} has no span context")
     parent = span.parent
     parts = [
         b"\x0a\x10",
@@ -167,9 +189,7 @@ def _span(span: ReadableSpan) -> bytes:
     if status is not None:
         code = status.status_code.value
         parts.append(
-            _delimited(
-                b"\x7a", _string(b"\x12", status.description) + (_uint(b"\x18", code))
-            )
+            _delimited(b"\x7a", _string(b"\x12", status.description) + (_uint(b"\x18", code)))
         )
     parts.append(b"\x85\x01")  # flags: field 16, fixed32
     parts.append(_FLAGS_REMOTE if parent is not None and parent.is_remote else _FLAGS_LOCAL)

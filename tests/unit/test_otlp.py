@@ -19,8 +19,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import (
     Link,
@@ -44,13 +44,39 @@ STATUSES = [
     Status(StatusCode.ERROR, "é" * 200),
 ]
 SCALARS: list[Any] = [
-    "", "POST", "/orders/ünïcode-✓", "x" * 130, "y" * 20000,
-    True, False,
-    0, 1, -1, 127, 128, 300, 2**31, -(2**31), 2**63 - 1, -(2**63),
-    0.0, -0.0, 1.5, -2.25e-300, 1e300, math.inf, -math.inf, math.nan,
+    "",
+    "POST",
+    "/orders/ünïcode-✓",
+    "x" * 130,
+    "y" * 20000,
+    True,
+    False,
+    0,
+    1,
+    -1,
+    127,
+    128,
+    300,
+    2**31,
+    -(2**31),
+    2**63 - 1,
+    -(2**63),
+    0.0,
+    -0.0,
+    1.5,
+    -2.25e-300,
+    1e300,
+    math.inf,
+    -math.inf,
+    math.nan,
 ]
 SEQUENCES: list[Any] = [
-    [], ["a", "", "b" * 200], [True, False], [0, -1, 2**62], [0.5, -0.0, math.nan], ("t",),
+    [],
+    ["a", "", "b" * 200],
+    [True, False],
+    [0, -1, 2**62],
+    [0.5, -0.0, math.nan],
+    ("t",),
 ]
 
 
@@ -59,8 +85,10 @@ def _value(rng: random.Random) -> Any:
 
 
 def _attributes(rng: random.Random, most: int = 12) -> dict[str, Any]:
-    return {f"attr.{rng.randrange(40)}.{'k' * rng.randrange(3)}": _value(rng)
-            for _ in range(rng.randrange(most))}
+    return {
+        f"attr.{rng.randrange(40)}.{'k' * rng.randrange(3)}": _value(rng)
+        for _ in range(rng.randrange(most))
+    }
 
 
 def _context(rng: random.Random, remote: bool) -> SpanContext:
@@ -80,14 +108,23 @@ def _varied_spans(seed: int, count: int = 60) -> list[ReadableSpan]:
     resources (two of them equal but distinct objects) and scopes."""
     rng = random.Random(seed)
     exporter = InMemorySpanExporter()
-    limits = SpanLimits(max_span_attributes=8, max_events=3, max_links=2,
-                        max_event_attributes=4, max_link_attributes=3)
+    limits = SpanLimits(
+        max_span_attributes=8,
+        max_events=3,
+        max_links=2,
+        max_event_attributes=4,
+        max_link_attributes=3,
+    )
     resources = [
         Resource.create({"service.name": "order"}),
-        Resource({"service.name": "channel", "host.cores": 2, "deployment": ["a", "b"]},
-                 schema_url="https://opentelemetry.io/schemas/1.21.0"),
-        Resource({"service.name": "channel", "host.cores": 2, "deployment": ["a", "b"]},
-                 schema_url="https://opentelemetry.io/schemas/1.21.0"),
+        Resource(
+            {"service.name": "channel", "host.cores": 2, "deployment": ["a", "b"]},
+            schema_url="https://opentelemetry.io/schemas/1.21.0",
+        ),
+        Resource(
+            {"service.name": "channel", "host.cores": 2, "deployment": ["a", "b"]},
+            schema_url="https://opentelemetry.io/schemas/1.21.0",
+        ),
         Resource({}),
     ]
     tracers = []
@@ -96,8 +133,12 @@ def _varied_spans(seed: int, count: int = 60) -> list[ReadableSpan]:
         provider.add_span_processor(SimpleSpanProcessor(exporter))
         tracers += [
             provider.get_tracer("chaosbed.order"),
-            provider.get_tracer("chaosbed.http", "1.2.3", "https://schema/1",
-                                attributes={"scope.attr": "on", "n": 3}),
+            provider.get_tracer(
+                "chaosbed.http",
+                "1.2.3",
+                "https://schema/1",
+                attributes={"scope.attr": "on", "n": 3},
+            ),
             provider.get_tracer(""),
         ]
     for _ in range(count):
@@ -108,8 +149,10 @@ def _varied_spans(seed: int, count: int = 60) -> list[ReadableSpan]:
             context = trace.set_span_in_context(
                 NonRecordingSpan(_context(rng, remote=parent == "remote"))
             )
-        links = [Link(_context(rng, rng.random() < 0.5), _attributes(rng, 5) or None)
-                 for _ in range(rng.randrange(4))]
+        links = [
+            Link(_context(rng, rng.random() < 0.5), _attributes(rng, 5) or None)
+            for _ in range(rng.randrange(4))
+        ]
         span = tracer.start_span(
             rng.choice(["GET /orders/{order_id}", "POST", "", "notify ✓"]),
             context=context,
@@ -118,8 +161,11 @@ def _varied_spans(seed: int, count: int = 60) -> list[ReadableSpan]:
             links=links,
         )
         for _ in range(rng.randrange(5)):
-            span.add_event(rng.choice(["retry", "", "exception"]), _attributes(rng, 6),
-                           timestamp=rng.choice([None, 1, 2**63]))
+            span.add_event(
+                rng.choice(["retry", "", "exception"]),
+                _attributes(rng, 6),
+                timestamp=rng.choice([None, 1, 2**63]),
+            )
         if rng.random() < 0.3:
             span.set_attributes(_attributes(rng))
         status = rng.choice(STATUSES)
@@ -164,9 +210,13 @@ def test_an_empty_batch_and_hand_made_spans_match_too() -> None:
             status=Status(StatusCode.OK, "fine"),
             instrumentation_scope=scope,
         ),
-        ReadableSpan(name="local parent", context=SpanContext(3, 4, False),
-                     parent=SpanContext(3, 5, False), instrumentation_scope=scope,
-                     attributes={"empty.mapping": {}, "none": None, "raw": b"\x00\xff"}),
+        ReadableSpan(
+            name="local parent",
+            context=SpanContext(3, 4, False),
+            parent=SpanContext(3, 5, False),
+            instrumentation_scope=scope,
+            attributes={"empty.mapping": {}, "none": None, "raw": b"\x00\xff"},
+        ),
     ]
     _assert_same_bytes([])
     _assert_same_bytes(spans)
@@ -175,12 +225,20 @@ def test_an_empty_batch_and_hand_made_spans_match_too() -> None:
 def test_a_value_the_sdk_cannot_encode_is_left_out_and_logged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    spans = [ReadableSpan(
-        name="odd values",
-        context=SpanContext(1, 2, False),
-        attributes={"ok": 1, "too.big": 2**64, "too.small": -(2**63) - 1, "object": object(),
-                    "in.a.list": [1, 2**70], "after": "kept"},
-    )]
+    spans = [
+        ReadableSpan(
+            name="odd values",
+            context=SpanContext(1, 2, False),
+            attributes={
+                "ok": 1,
+                "too.big": 2**64,
+                "too.small": -(2**63) - 1,
+                "object": object(),
+                "in.a.list": [1, 2**70],
+                "after": "kept",
+            },
+        )
+    ]
     with caplog.at_level(logging.ERROR):
         _assert_same_bytes(spans)
     decoded = ExportTraceServiceRequest.FromString(otlp.encode_spans(spans))
@@ -196,8 +254,15 @@ class _Transport(BaseHTTPTransport):
         self.status = status
         self.posted: list[tuple[str, Mapping[str, str], bytes]] = []
 
-    def request(self, method: str, url: str, *, headers: dict[str, str] | None = None,
-                timeout: float | None = None, data: bytes | None = None) -> BaseHTTPResult:
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+        data: bytes | None = None,
+    ) -> BaseHTTPResult:
         self.posted.append((url, dict(headers or {}), data or b""))
         return _Result(status_code=self.status, reason="OK")
 
