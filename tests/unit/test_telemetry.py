@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusCode, TraceFlags
 
-from services.common import telemetry
+from services.common import otlp, telemetry
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE = "telemetry-test"
@@ -320,6 +320,8 @@ def test_each_exporter_name_builds_its_exporter() -> None:
 
     assert isinstance(telemetry._span_exporter("console", "http/protobuf"), ConsoleSpanExporter)
     assert isinstance(telemetry._span_exporter("otlp", "http/protobuf"), OTLPSpanExporter)
+    # the SDK's exporter with the services' encoder (tests/unit/test_otlp.py)
+    assert isinstance(telemetry._span_exporter("otlp", "http/protobuf"), otlp.OTLPSpanExporter)
 
 
 _CONSOLE_SERVICE = """
