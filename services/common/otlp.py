@@ -144,6 +144,10 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
     items = (copy() if copy is not None else attributes).items()
     parts = []
     for key, value in items:
+        cache = _PAIRS.get(type(value))  # the hit inlined: most attributes repeat
+        if cache is not None and (entry := cache.get((key, value))) is not None:
+            parts.append(tag + entry)
+            continue
         try:
             parts.append(tag + _pair(key, value))
         except Exception as error:  # noqa: BLE001 - the SDK's encoder skips any such value
@@ -155,44 +159,64 @@ def _uint(tag: bytes, n: int) -> bytes:
     return tag + _varint(n) if n else b""
 
 
+# span name -> its Span.name field (server span names are a method and a route template)
+_NAMES: dict[str, bytes] = {}
+_NAMES_KEPT = 1024
+# a status without description, by code: UNSET is an empty but present Status message
+_STATUS_CODE_ONLY = {code: _delimited(b"\x7a", _uint(b"\x18", code)) for code in (0, 1, 2)}
+
+
 def _span(span: ReadableSpan) -> bytes:
     context = span.get_span_context()
     if context is None:  # the SDK's encoder fails the batch on it too
         raise ValueError(f"span {span.name!r} has no span context")
     parent = span.parent
     parts = [
-        b"\x0a\x10",
-        context.trace_id.to_bytes(16, "big"),
-        b"\x12\x08",
-        context.span_id.to_bytes(8, "big"),
+        b"\x0a\x10"
+        + context.trace_id.to_bytes(16, "big")
+        + b"\x12\x08"
+        + context.span_id.to_bytes(8, "big")
     ]
     trace_state = context.trace_state
-    if trace_state is not None:
+    if trace_state:  # an empty one joins to "", which is left out
         parts.append(_string(b"\x1a", ",".join([f"{k}={v}" for k, v in trace_state.items()])))
     if parent:
         parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
-    parts.append(_string(b"\x2a", span.name))
+    name = span.name
+    name_field = _NAMES.get(name)
+    if name_field is None:
+        if len(_NAMES) >= _NAMES_KEPT:
+            _NAMES.clear()
+        name_field = _NAMES[name] = _string(b"\x2a", name)
+    parts.append(name_field)
     parts.append(_KIND[span.kind])
-    if span.start_time:
-        parts.append(b"\x39" + _pack_fixed64(span.start_time))
-    if span.end_time:
-        parts.append(b"\x41" + _pack_fixed64(span.end_time))
+    if start := span.start_time:
+        parts.append(b"\x39" + _pack_fixed64(start))
+    if end := span.end_time:
+        parts.append(b"\x41" + _pack_fixed64(end))
     parts.append(_attributes(b"\x4a", span.attributes))
-    parts.append(_uint(b"\x50", span.dropped_attributes))
+    if dropped := span.dropped_attributes:
+        parts.append(b"\x50" + _varint(dropped))
     for event in span.events:
         parts.append(_delimited(b"\x5a", _event(event)))
-    parts.append(_uint(b"\x60", span.dropped_events))
+    if dropped := span.dropped_events:
+        parts.append(b"\x60" + _varint(dropped))
     for link in span.links:
         parts.append(_delimited(b"\x6a", _link(link)))
-    parts.append(_uint(b"\x70", span.dropped_links))
+    if dropped := span.dropped_links:
+        parts.append(b"\x70" + _varint(dropped))
     status = span.status
     if status is not None:
         code = status.status_code.value
-        parts.append(
-            _delimited(b"\x7a", _string(b"\x12", status.description) + (_uint(b"\x18", code)))
-        )
-    parts.append(b"\x85\x01")  # flags: field 16, fixed32
-    parts.append(_FLAGS_REMOTE if parent is not None and parent.is_remote else _FLAGS_LOCAL)
+        if status.description:
+            status_field = _string(b"\x12", status.description) + _uint(b"\x18", code)
+            parts.append(_delimited(b"\x7a", status_field))
+        else:
+            parts.append(_STATUS_CODE_ONLY[code])
+    # flags: field 16, fixed32
+    parts.append(
+        b"\x85\x01" + (_FLAGS_REMOTE if parent is not None and parent.is_remote else _FLAGS_LOCAL)
+    )
     return b"".join(parts)
 
 
