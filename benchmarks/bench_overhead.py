@@ -11,10 +11,12 @@ client in the measurement, so the telemetry's share is not diluted):
 Variants (each in its own subprocess, so global tracer providers never mix):
 - `bare`: no spans, no metrics, no access log (telemetry.setup and client metrics stubbed);
 - `ours`: services.common.telemetry as deployed — server + client spans through a
-  BatchSpanProcessor whose exporter encodes OTLP protobuf and discards it (the CPU an
-  OTLP/HTTP export costs, minus the network), RED histograms with exemplars, JSON access log;
-- `stock`: FastAPIInstrumentor (exclude_spans receive/send) + the same span pipeline, no
-  Prometheus metrics; skipped when the package is not installed.
+  BatchSpanProcessor and the services' OTLP/HTTP exporter (services.common.otlp) whose
+  transport answers 200 without a network (the CPU an export costs, minus the POST), RED
+  histograms with exemplars, JSON access log;
+- `stock`: FastAPIInstrumentor (exclude_spans receive/send) + a BatchSpanProcessor with the
+  SDK's own OTLP/HTTP exporter on the same transport, no Prometheus metrics; skipped when
+  the package is not installed.
 
 Figures per path and variant: `rps` (wall clock) and `cpu_rps` (requests per CPU second of
 the measured process: steadier on a shared machine).  The goals (issue 8) are on the
@@ -41,6 +43,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Header
+from opentelemetry.exporter.http.transport._base import BaseHTTPResult, BaseHTTPTransport
 from pydantic import BaseModel, Field
 
 ROUNDS = 3
@@ -55,27 +58,49 @@ ROOT = Path(__file__).resolve().parent.parent
 # --- child side: build one variant of one app and measure it -------------------------------
 
 
-class _EncodingExporter:
-    """Span exporter that pays the OTLP protobuf encoding and drops the bytes."""
+class _Answered(BaseHTTPResult):
+    def content(self) -> bytes:
+        return b""
 
-    def export(self, spans: Sequence[Any]) -> Any:
-        from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-        from opentelemetry.sdk.trace.export import SpanExportResult
+    def headers(self) -> dict[str, str]:
+        return {}
 
-        encode_spans(spans).SerializeToString()
-        return SpanExportResult.SUCCESS
 
-    def shutdown(self) -> None:
+class _DiscardingTransport(BaseHTTPTransport):
+    """The OTLP/HTTP exporter's transport, answering 200 without a network: an export pays
+    the exporter's whole path (encoding, size check, retry client) minus the POST."""
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+        data: bytes | None = None,
+    ) -> BaseHTTPResult:
+        return _Answered(status_code=200, reason="OK")
+
+    def close(self) -> None:
         return None
 
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True
+    def is_connection_error(self, exception: Exception | None) -> bool:
+        return False
 
 
-def _span_processor() -> Any:
+def _span_processor(variant: str) -> Any:
+    """`ours`: the services' OTLP/HTTP exporter; `stock`: the SDK's own."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    return BatchSpanProcessor(_EncodingExporter())  # type: ignore[arg-type]
+    from services.common import otlp
+
+    exporter_class = otlp.OTLPSpanExporter if variant == "ours" else OTLPSpanExporter
+    exporter = exporter_class(
+        endpoint="http://127.0.0.1:4318/v1/traces",
+        _transport=_DiscardingTransport(),
+    )
+    return BatchSpanProcessor(exporter)
 
 
 def _stub_telemetry() -> None:
@@ -134,13 +159,13 @@ def _build(variant: str, target: str, args: argparse.Namespace) -> Any:
         _stub_telemetry()
     if variant == "stock":
         provider = TracerProvider()
-        provider.add_span_processor(_span_processor())
+        provider.add_span_processor(_span_processor(variant))
         trace.set_tracer_provider(provider)
     if variant == "ours":
         from services.common import telemetry
 
         telemetry.configure_tracing(target)
-        telemetry.add_span_processor(_span_processor())
+        telemetry.add_span_processor(_span_processor(variant))
 
     if target == "minimal":
         app = _minimal_app()

@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusCode, TraceFlags
 
-from services.common import telemetry
+from services.common import otlp, telemetry
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE = "telemetry-test"
@@ -320,6 +320,8 @@ def test_each_exporter_name_builds_its_exporter() -> None:
 
     assert isinstance(telemetry._span_exporter("console", "http/protobuf"), ConsoleSpanExporter)
     assert isinstance(telemetry._span_exporter("otlp", "http/protobuf"), OTLPSpanExporter)
+    # the SDK's exporter with the services' encoder (tests/unit/test_otlp.py)
+    assert isinstance(telemetry._span_exporter("otlp", "http/protobuf"), otlp.OTLPSpanExporter)
 
 
 _CONSOLE_SERVICE = """
@@ -622,3 +624,25 @@ def test_idle_sweep_makes_no_span_and_a_sweep_that_cancels_makes_one(
     assert (span.attributes or {})["chaosbed.swept"] == 1
     assert span.start_time is not None and span.end_time is not None
     assert span.start_time <= span.end_time
+
+
+def test_own_attributes_skip_the_sdk_cleaning_only_where_the_span_limits_keep_them() -> None:
+    from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+
+    attributes = {"url.path": "/orders/o-1", "http.response.status_code": 201}
+    roomy = TracerProvider().get_tracer("t").start_span("roomy")
+    telemetry._set_own_attributes(roomy, attributes)
+    tight = TracerProvider(span_limits=SpanLimits(max_span_attribute_length=4)).get_tracer("t")
+    truncated = tight.start_span("tight")
+    telemetry._set_own_attributes(truncated, attributes)
+    few = TracerProvider(span_limits=SpanLimits(max_span_attributes=1)).get_tracer("t")
+    dropped = few.start_span("few")
+    telemetry._set_own_attributes(dropped, attributes)
+    for span in (roomy, truncated, dropped):
+        span.end()
+    assert dict(roomy.attributes or {}) == attributes
+    assert dict(truncated.attributes or {}) == {
+        "url.path": "/ord", "http.response.status_code": 201,
+    }
+    assert dict(dropped.attributes or {}) == {"http.response.status_code": 201}
+    assert (roomy.dropped_attributes, dropped.dropped_attributes) == (0, 1)
