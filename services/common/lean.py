@@ -1,0 +1,216 @@
+"""A lean request handler for routes whose parameters are simple, with FastAPI's answers.
+
+FastAPI's generic handler solves a dependency graph on every request (path, query, header
+and cookie machinery, two exit stacks, telemetry hooks) even for an endpoint that takes an
+id from the path and one JSON body.  For such a route (path parameters, at most one body
+model, the `Request`, no dependencies, no response model) `lean_handler` does the same
+steps directly, validating each value with FastAPI's own per-field function, in the same
+order and with the same locations, so values, errors and error bodies are the ones the
+generic handler gives (tests/unit/test_lean.py compares both on good and bad requests).
+Any other route, or a FastAPI without the functions used here, keeps the generic handler.
+"""
+
+from __future__ import annotations
+
+import email.message
+import inspect
+import json
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import params
+from fastapi.datastructures import DefaultPlaceholder
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from fastapi.utils import is_body_allowed_for_status_code
+from pydantic_core import PydanticUndefined as Undefined
+from starlette._exception_handler import wrap_app_handling_exceptions
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+try:  # FastAPI's own steps; a FastAPI without them keeps the generic handler
+    from fastapi._body_limit import MAX_BODY_SIZE_SCOPE_KEY, get_body_limit_error
+    from fastapi.dependencies.utils import (
+        _get_param_aliases,
+        _get_param_model,
+        _validate_value_with_model_field,
+    )
+    from fastapi.routing import _effective_route_context_var, _extract_endpoint_context
+
+    _FASTAPI_STEPS = True
+except ImportError:  # pragma: no cover - depends on the installed FastAPI
+    _FASTAPI_STEPS = False
+
+Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+
+
+def _is_json_media_type(content_type: str) -> bool:
+    """FastAPI's test: application/json or application/*+json, parameters aside."""
+    if content_type == "application/json":
+        return True
+    message = email.message.Message()
+    message["content-type"] = content_type
+    if message.get_content_maintype() != "application":
+        return False
+    subtype = message.get_content_subtype()
+    return subtype == "json" or subtype.endswith("+json")
+
+
+def _simple(route: APIRoute) -> bool:
+    """True when the route's endpoint needs nothing the lean handler leaves out."""
+    dependant = route.dependant
+    call = dependant.call
+    body_fields = dependant.body_params
+    effective = _effective_route_context_var.get()
+    return (
+        call is not None
+        and inspect.iscoroutinefunction(call)
+        and not inspect.isasyncgenfunction(call)
+        and (effective is None or effective.original_route is not route)
+        and not dependant.dependencies
+        and not dependant.query_params
+        and not dependant.header_params
+        and not dependant.cookie_params
+        and not dependant.background_tasks_param_name
+        and not dependant.response_param_name
+        and not dependant.security_scopes_param_name
+        and not dependant.http_connection_param_name
+        and not dependant.websocket_param_name
+        and route.response_field is None
+        and route.stream_item_field is None
+        and not route.is_json_stream
+        and isinstance(route.response_class, DefaultPlaceholder)
+        and getattr(route, "max_body_size", None) is None
+        and not route._embed_body_fields
+        and len(body_fields) <= 1
+        and not any(isinstance(f.field_info, params.Form) for f in body_fields)
+        and all(
+            isinstance(f.field_info, params.Path) and _get_param_model(f) is None
+            for f in dependant.path_params
+        )
+    )
+
+
+def lean_handler(route: APIRoute) -> Handler | None:
+    """The route's handler without the dependency machinery, or None when it needs it."""
+    if not _FASTAPI_STEPS or not _simple(route):
+        return None
+    dependant = route.dependant
+    call = dependant.call
+    assert call is not None
+    path_fields = [
+        (field, alias, ("path", alias))
+        for field in dependant.path_params
+        for alias in (_get_param_aliases(field)[0][1],)
+    ]
+    body_field = route.body_field if dependant.body_params else None
+    request_param = dependant.request_param_name
+    status_code = route.status_code
+    assert isinstance(route.response_class, DefaultPlaceholder)  # `_simple` checked it
+    response_class = route.response_class.value
+    strict_content_type = route.strict_content_type
+    if isinstance(strict_content_type, DefaultPlaceholder):
+        strict_content_type = strict_content_type.value
+    validate = _validate_value_with_model_field
+
+    def endpoint_context(request: Request) -> Any:
+        ctx = dict(_extract_endpoint_context(call))
+        mount_path = request.scope.get("root_path", "").rstrip("/")
+        ctx["path"] = f"{request.method} {mount_path}{dependant.path}"
+        return ctx
+
+    async def read_body(request: Request) -> Any:
+        try:
+            body_bytes = await request.body()
+            if not body_bytes:
+                return Undefined
+            content_type = request.headers.get("content-type")
+            if not content_type:
+                return body_bytes if strict_content_type else json.loads(body_bytes)
+            if _is_json_media_type(content_type):
+                return json.loads(body_bytes)
+            return body_bytes
+        except json.JSONDecodeError as e:
+            error = {
+                "type": "json_invalid",
+                "loc": ("body", e.pos),
+                "msg": "JSON decode error",
+                "input": {},
+                "ctx": {"error": e.msg},
+            }
+            raise RequestValidationError(
+                [error], body=e.doc, endpoint_ctx=endpoint_context(request)
+            ) from e
+        except HTTPException:
+            raise
+        except Exception as e:
+            if MAX_BODY_SIZE_SCOPE_KEY in request.scope and (
+                limit_error := get_body_limit_error(e)
+            ):
+                raise limit_error from e
+            raise HTTPException(400, "There was an error parsing the body") from e
+
+    async def handle(request: Request) -> Response:
+        body: Any = Undefined
+        if body_field is not None:
+            body = await read_body(request)
+        values: dict[str, Any] = {}
+        errors: list[Any] = []
+        if path_fields:
+            received = request.path_params
+            for field, alias, loc in path_fields:
+                value = received.get(alias)
+                value, field_errors = validate(
+                    field=field,
+                    value=Undefined if value is None else value,
+                    values=values,
+                    loc=loc,
+                )
+                if field_errors:
+                    errors.extend(field_errors)
+                else:
+                    values[field.name] = value
+        if body_field is not None:
+            value, field_errors = validate(
+                field=body_field, value=body, values=values, loc=("body",)
+            )
+            values[body_field.name] = value
+            errors.extend(field_errors)
+        if request_param:
+            values[request_param] = request
+        if errors:
+            raise RequestValidationError(
+                errors,
+                body=None if body is Undefined else body,
+                endpoint_ctx=endpoint_context(request),
+            )
+        raw = await call(**values)
+        if isinstance(raw, Response):
+            return raw
+        # what the generic handler does with a plain value and no response model
+        args = {} if status_code is None else {"status_code": status_code}
+        response: Response = response_class(jsonable_encoder(raw), **args)
+        if not is_body_allowed_for_status_code(response.status_code):
+            response.body = b""
+        return response
+
+    return handle
+
+
+def lean_app(handler: Handler) -> ASGIApp:
+    """`fastapi.routing.request_response` without the dependencies' exit stacks (a lean
+    route has no dependency to close): the request, the response, the exception handlers."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive, send)
+
+        async def respond(scope: Scope, receive: Receive, send: Send) -> None:
+            response = await handler(request)
+            await response(scope, receive, send)
+
+        await wrap_app_handling_exceptions(respond, request)(scope, receive, send)
+
+    return app
