@@ -18,17 +18,19 @@ import json
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from fastapi import params
+from fastapi import FastAPI, params
 from fastapi.datastructures import DefaultPlaceholder
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, APIRouter
 from fastapi.utils import is_body_allowed_for_status_code
 from pydantic_core import PydanticUndefined as Undefined
 from starlette._exception_handler import wrap_app_handling_exceptions
+from starlette._utils import get_route_path
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 try:  # FastAPI's own steps; a FastAPI without them keeps the generic handler
@@ -38,7 +40,13 @@ try:  # FastAPI's own steps; a FastAPI without them keeps the generic handler
         _get_param_model,
         _validate_value_with_model_field,
     )
-    from fastapi.routing import _effective_route_context_var, _extract_endpoint_context
+    from fastapi.routing import (
+        _apply_router_form_limits,
+        _effective_route_context_var,
+        _extract_endpoint_context,
+        _update_scope,
+    )
+    from fastapi.telemetry._api import _route_selected
 
     _FASTAPI_STEPS = True
 except ImportError:  # pragma: no cover - depends on the installed FastAPI
@@ -214,3 +222,62 @@ def lean_app(handler: Handler) -> ASGIApp:
         await wrap_app_handling_exceptions(respond, request)(scope, receive, send)
 
     return app
+
+
+def _first_segment(route: BaseRoute) -> str | None:
+    """The literal first path segment a plain route needs, or None when it may match any."""
+    if type(route) is not Route and not isinstance(route, APIRoute):
+        return None  # mounts, hosts, included routers, websockets: checked for every path
+    segment = route.path_format[1:].split("/", 1)[0]
+    return None if "{" in segment else segment
+
+
+class LeanRouter(APIRouter):
+    """APIRouter whose lookup asks only the routes that can match the path's first segment.
+
+    The routes keep their order and their own `matches`, so the one chosen is the one the
+    full scan chooses; when none of them matches fully, the full scan runs and answers as
+    it always does (405, 404).  Installed on an app's router by `lean_router`.
+    """
+
+    _index_key: tuple[int, int] | None = None
+    _by_segment: dict[str, list[BaseRoute]]
+    _any_segment: list[BaseRoute]
+
+    def _candidates(self, path: str) -> list[BaseRoute]:
+        key = (self._routes_version, len(self.routes))
+        if key != self._index_key:
+            keyed = [(_first_segment(route), route) for route in self.routes]
+            segments = {segment for segment, _ in keyed if segment is not None}
+            self._by_segment = {
+                segment: [r for s, r in keyed if s is None or s == segment] for segment in segments
+            }
+            self._any_segment = [r for s, r in keyed if s is None]
+            self._index_key = key
+        return self._by_segment.get(path[1:].split("/", 1)[0], self._any_segment)
+
+    async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            _apply_router_form_limits(scope, self.form_limits)
+            if "router" not in scope:
+                scope["router"] = self
+            for route in self._candidates(get_route_path(scope)):
+                match, child_scope = route.matches(scope)
+                if match == Match.FULL:
+                    _update_scope(scope, child_scope)
+                    _route_selected(
+                        scope=scope,
+                        path=getattr(route, "path_format", None),
+                        mount=isinstance(route, Mount),
+                    )
+                    await route.handle(scope, receive, send)
+                    return
+        await super().app(scope, receive, send)
+
+
+def lean_router(app: FastAPI) -> None:
+    """Make `app`'s router a `LeanRouter` (same state, only the lookup differs)."""
+    router = app.router
+    if _FASTAPI_STEPS and type(router) is APIRouter and router.middleware_stack == router.app:
+        router.__class__ = LeanRouter
+        router.middleware_stack = router.app

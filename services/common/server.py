@@ -20,6 +20,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 
 from services.common import telemetry
 from services.common.api import BodyLimit, ServiceRoute, install_errors
+from services.common.lean import lean_router
 from services.common.limits import HeaderLimit
 from services.common.settings import Settings
 
@@ -39,6 +40,7 @@ def base_app(
         redirect_slashes=False,
     )
     app.router.route_class = ServiceRoute  # before any route is added
+    lean_router(app)
     install_errors(app)
     telemetry.setup(app, settings.service)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)

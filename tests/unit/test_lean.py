@@ -1,8 +1,10 @@
-"""The lean handler (services/common/lean.py) answers what FastAPI's generic handler answers.
+"""The lean handler and router (services/common/lean.py) answer what FastAPI's generic
+handler and router answer.
 
-Each service is built twice, with `ServiceRoute.lean` on and off, over databases in the same
-state; the same requests, good and bad, go to both and every answer (status, headers, body
-bytes) must be the same.  Only the values a service generates (ids, clocks) are masked.
+Each service is built twice, lean and with FastAPI's own handler and router, over databases
+in the same state; the same requests, good and bad, go to both and every answer (status,
+headers, body bytes) must be the same.  Only the values a service generates (ids, clocks)
+are masked.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from services.channel.app import create_app as channel_app
+from services.common import server
 from services.common.api import ServiceRoute
+from services.common.lean import LeanRouter
 from services.common.settings import Settings
 from services.common.signing import SIGNATURE_HEADER, sign
 from services.inventory.app import create_app as inventory_app
@@ -98,9 +102,12 @@ def _cases(path: str, good: dict[str, Any], headers: dict[str, str] | None = Non
 
 def _pair(build: Callable[[], FastAPI], monkeypatch: pytest.MonkeyPatch) -> tuple[FastAPI, FastAPI]:
     lean = build()
+    assert isinstance(lean.router, LeanRouter)
     with monkeypatch.context() as m:
         m.setattr(ServiceRoute, "lean", False)
+        m.setattr(server, "lean_router", lambda app: None)
         generic = build()
+    assert not isinstance(generic.router, LeanRouter)
     return lean, generic
 
 
@@ -204,6 +211,19 @@ def test_channel_routes_answer_as_the_generic_handler(
     assert {("POST", "/payments"), ("POST", "/payments/{payment_id}/pay")} <= _lean_paths(lean)
     good = {"merchant_order_id": "o-1", "amount": 500, "description": "shoes"}
     requests = _cases("/payments", good)
+    requests += [
+        ("GET", "/payments?merchant_order_id=o-1", {}, b""),
+        ("GET", "/payments?merchant_order_id=", {}, b""),
+        ("PUT", "/payments", JSON, b"{}"),
+        ("DELETE", "/admin/behaviour", {}, b""),
+        ("GET", "/admin/behaviour", {}, b""),
+        ("GET", "/nope", {}, b""),
+        ("GET", "/", {}, b""),
+        ("GET", "//payments", {}, b""),
+        ("GET", "/healthz", {}, b""),
+        ("GET", "/openapi.json", {}, b""),
+        ("GET", "/bills?limit=0", {}, b""),
+    ]
     requests += _cases("/payments", {"merchant_order_id": "o-2", "amount": 700})
     _same_answers(lean, generic, requests)
     # the same payment id on both sides: one created through each app, then paid
