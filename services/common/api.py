@@ -1,4 +1,4 @@
-"""What every service's HTTP surface shares: errors, body limits, admin auth, exports.
+"""What every service's HTTP surface shares: errors, routes, admin auth, exports.
 
 Routes stay thin: they parse and call the domain; a domain refusal is a `DomainError`
 subclass that declares its `code` and `status`, and the one handler `install_errors` adds
@@ -23,10 +23,9 @@ from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import HTTPConnection
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.lean import lean_app, lean_handler
-from services.common.limits import QUOTE_CHARS, send_json
+from services.common.limits import QUOTE_CHARS
 from services.common.settings import Settings
 
 
@@ -115,63 +114,6 @@ def _validation_body(exc: RequestValidationError) -> dict[str, Any]:
         return {"error": "invalid_request", "detail": NOT_JSON, "fields": problems[:1]}
     fields = _clip(", ".join(p["field"] for p in problems), _MESSAGE_CHARS)
     return {"error": "invalid_request", "detail": f"invalid field(s): {fields}", "fields": problems}
-
-
-class BodyLimit:
-    """Pure ASGI guard: refuse bodies over `limit` bytes with 413, declared or chunked.
-
-    A declared Content-Length over the limit is refused before the route runs; a chunked
-    body is counted as it is read and raises `BodyTooLarge`, an HTTPException the framework
-    passes through its body parsing (any other exception there becomes a 400).
-    """
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await send_json(send, 413, self._too_large())
-            return
-        seen = 0
-
-        async def limited_receive() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise BodyTooLarge(self.limit)
-            return message
-
-        started = False
-
-        async def watched_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, watched_send)
-        except BodyTooLarge:
-            # read outside a route (no exception handler): answer here unless one started
-            if started:
-                raise
-            await send_json(send, 413, self._too_large())
-
-    def _too_large(self) -> dict[str, Any]:
-        return {"error": "body_too_large", "detail": BodyTooLarge(self.limit).detail}
-
-
-class BodyTooLarge(StarletteHTTPException):
-    """A body that grew past the limit while it was read (chunked): answered 413."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"request body over {limit} bytes")
 
 
 def install_errors(app: FastAPI) -> None:

@@ -25,7 +25,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute, APIRouter
 from fastapi.utils import is_body_allowed_for_status_code
 from pydantic_core import PydanticUndefined as Undefined
-from starlette._exception_handler import wrap_app_handling_exceptions
 from starlette._utils import get_route_path
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -210,16 +209,12 @@ def lean_handler(route: APIRoute) -> Handler | None:
 
 def lean_app(handler: Handler) -> ASGIApp:
     """`fastapi.routing.request_response` without the dependencies' exit stacks (a lean
-    route has no dependency to close): the request, the response, the exception handlers."""
+    route has no dependency to close) and without its own exception wrapper: what the
+    route raises is answered by the app's `ExceptionMiddleware`, with the same handlers."""
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive, send)
-
-        async def respond(scope: Scope, receive: Receive, send: Send) -> None:
-            response = await handler(request)
-            await response(scope, receive, send)
-
-        await wrap_app_handling_exceptions(respond, request)(scope, receive, send)
+        response = await handler(Request(scope, receive, send))
+        await response(scope, receive, send)
 
     return app
 
