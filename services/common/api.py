@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import HTTPConnection
 
-from services.common.lean import lean_app, lean_handler
+from services.common.lean import exit_stack_for_generic, lean_app, lean_handler
 from services.common.limits import QUOTE_CHARS
 from services.common.settings import Settings
 
@@ -191,6 +191,8 @@ class ServiceRoute(APIRoute):
         super().__init__(path, endpoint, **kwargs)
         if self._lean is not None:
             self.app = lean_app(self.get_route_handler())
+        else:
+            self.app = exit_stack_for_generic(self.app)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         self._lean = lean_handler(self) if self.lean else None

@@ -23,6 +23,7 @@ from fastapi._compat import ModelField
 from fastapi.datastructures import DefaultPlaceholder
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.asyncexitstack import AsyncExitStackMiddleware
 from fastapi.routing import APIRoute, APIRouter
 from fastapi.utils import is_body_allowed_for_status_code
 from pydantic import ValidationError
@@ -286,3 +287,27 @@ def lean_router(app: FastAPI) -> None:
     if _FASTAPI_STEPS and type(router) is APIRouter and router.middleware_stack == router.app:
         router.__class__ = LeanRouter
         router.middleware_stack = router.app
+
+
+def without_exit_stack(app: FastAPI) -> None:
+    """Leave FastAPI's `AsyncExitStackMiddleware` out of `app`'s middleware stack: only the
+    generic handler uses its stack (to close uploaded files), so a `ServiceRoute` that runs
+    the generic handler brings its own (`exit_stack_for_generic`), and a lean route none."""
+    build = app.build_middleware_stack
+
+    def build_middleware_stack() -> ASGIApp:
+        stack = build()
+        layer: Any = stack
+        while (inner := getattr(layer, "app", None)) is not None:
+            if isinstance(inner, AsyncExitStackMiddleware):
+                layer.app = inner.app
+                break
+            layer = inner
+        return stack
+
+    app.build_middleware_stack = build_middleware_stack  # type: ignore[method-assign]
+
+
+def exit_stack_for_generic(route_app: ASGIApp) -> ASGIApp:
+    """A generic route's app inside the exit stack `without_exit_stack` took out of the app."""
+    return AsyncExitStackMiddleware(route_app)

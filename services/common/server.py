@@ -20,7 +20,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 
 from services.common import telemetry
 from services.common.api import ServiceRoute, install_errors
-from services.common.lean import lean_router
+from services.common.lean import lean_router, without_exit_stack
 from services.common.limits import RequestLimits
 from services.common.settings import Settings
 
@@ -41,6 +41,7 @@ def base_app(
     )
     app.router.route_class = ServiceRoute  # before any route is added
     lean_router(app)
+    without_exit_stack(app)
     install_errors(app)
     telemetry.setup(app, settings.service)
     # added last, so outermost: nothing else copies or quotes an oversized head first

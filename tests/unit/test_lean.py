@@ -106,6 +106,7 @@ def _pair(build: Callable[[], FastAPI], monkeypatch: pytest.MonkeyPatch) -> tupl
     with monkeypatch.context() as m:
         m.setattr(ServiceRoute, "lean", False)
         m.setattr(server, "lean_router", lambda app: None)
+        m.setattr(server, "without_exit_stack", lambda app: None)
         generic = build()
     assert not isinstance(generic.router, LeanRouter)
     return lean, generic
