@@ -289,14 +289,17 @@ def lean_router(app: FastAPI) -> None:
         router.middleware_stack = router.app
 
 
-def without_exit_stack(app: FastAPI) -> None:
+def without_exit_stack(app: FastAPI, route_class: type[APIRoute]) -> None:
     """Leave FastAPI's `AsyncExitStackMiddleware` out of `app`'s middleware stack: only the
-    generic handler uses its stack (to close uploaded files), so a `ServiceRoute` that runs
-    the generic handler brings its own (`exit_stack_for_generic`), and a lean route none."""
+    generic handler uses its stack (to close uploaded files), so a `route_class` route that
+    runs the generic handler brings its own (`exit_stack_for_generic`), and a lean one none.
+    An app with any other kind of route (an included router, a mount) keeps the stack."""
     build = app.build_middleware_stack
 
     def build_middleware_stack() -> ASGIApp:
         stack = build()
+        if not all(isinstance(r, route_class) or type(r) is Route for r in app.router.routes):
+            return stack
         layer: Any = stack
         while (inner := getattr(layer, "app", None)) is not None:
             if isinstance(inner, AsyncExitStackMiddleware):

@@ -41,7 +41,7 @@ def base_app(
     )
     app.router.route_class = ServiceRoute  # before any route is added
     lean_router(app)
-    without_exit_stack(app)
+    without_exit_stack(app, ServiceRoute)
     install_errors(app)
     telemetry.setup(app, settings.service)
     # added last, so outermost: nothing else copies or quotes an oversized head first

@@ -106,7 +106,7 @@ def _pair(build: Callable[[], FastAPI], monkeypatch: pytest.MonkeyPatch) -> tupl
     with monkeypatch.context() as m:
         m.setattr(ServiceRoute, "lean", False)
         m.setattr(server, "lean_router", lambda app: None)
-        m.setattr(server, "without_exit_stack", lambda app: None)
+        m.setattr(server, "without_exit_stack", lambda app, route_class: None)
         generic = build()
     assert not isinstance(generic.router, LeanRouter)
     return lean, generic
@@ -282,3 +282,20 @@ def test_inventory_routes_answer_as_the_generic_handler(
         ("GET", "/reservations/o-1", {}, b""),
     ]
     _same_answers(lean, generic, requests)
+
+
+def test_an_included_generic_route_keeps_fastapis_exit_stack(tmp_path: Path) -> None:
+    from fastapi import APIRouter
+    from fastapi.routing import APIRoute
+
+    app = inventory_app(_settings(tmp_path, "inventory", "included"))
+    plain = APIRouter(route_class=APIRoute)
+
+    @plain.get("/plain")
+    async def plain_route() -> dict[str, str]:
+        return {"plain": "yes"}
+
+    app.include_router(plain)
+    with TestClient(app) as client:
+        assert client.get("/plain").json() == {"plain": "yes"}
+        assert client.post("/reservations/confirm", json={"order_ids": ["o-1"]}).status_code == 200
