@@ -19,8 +19,9 @@ from uvicorn._types import ASGI3Application, ASGISendEvent
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from services.common import telemetry
-from services.common.api import BodyLimit, ServiceRoute, install_errors
-from services.common.limits import HeaderLimit
+from services.common.api import ServiceRoute, install_errors
+from services.common.lean import lean_router, without_exit_stack
+from services.common.limits import RequestLimits
 from services.common.settings import Settings
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[Any]]
@@ -39,11 +40,16 @@ def base_app(
         redirect_slashes=False,
     )
     app.router.route_class = ServiceRoute  # before any route is added
+    lean_router(app)
+    without_exit_stack(app, ServiceRoute)
     install_errors(app)
     telemetry.setup(app, settings.service)
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     # added last, so outermost: nothing else copies or quotes an oversized head first
-    app.add_middleware(HeaderLimit, limit=settings.max_header_bytes)
+    app.add_middleware(
+        RequestLimits,
+        header_limit=settings.max_header_bytes,
+        body_limit=settings.max_body_bytes,
+    )
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:
