@@ -6,13 +6,18 @@ up (short steady runs, paced with the scenario `rate`, with users enough that pa
 journey latency sets the rate) until the generator falls short of it by more than 10% or
 Locust warns that a process is CPU-bound, twice in a row; the best sustained step is
 reported, once with 1 and once with 2 worker processes, each series with the same time
-budget (about two minutes each), against the same stack.  `workers_2_over_1` is their
+budget (about two and a half minutes each), against the same stack.  `workers_2_over_1` is their
 ratio: where the stack is not the limit (`limited_by_*`), two workers must give >= 1.5x one.
 
-Every user starts its first journey the moment it is spawned, so the first pace period
-carries a burst: a step is measured in a window that leaves it out (from one pace period
-after the first order to the end of the load).  In that window, from /proc samples every
-0.2 s: complete journeys per second, Locust's CPU per journey (master + workers:
+Every user starts its first journey the moment it is spawned, so users are spawned at the
+target rate (all of them within one pace period): their journeys are spread evenly over the
+pace period instead of starting, and ending, in one burst per period (which made a window of
+3.5 periods count 3 or 4 bursts: 71 journeys/s "achieved" at a target of 80 with the stack at
+0.6 cores).  A step is measured in a window that leaves the spawning out: from two pace
+periods after the first order (a user's first journey runs as it spawns, its second is due
+within one pace period) for a whole number of pace periods.  The shoppers walk only the paid
+path (`load.paths` all 0): the other paths never reach PAID.  In that window, from /proc
+samples every 0.2 s: complete journeys per second, Locust's CPU per journey (master + workers:
 `locust_cpu_ms_per_journey` of the highest sustained step of the 1-worker series,
 `_2_workers` of the other), the stack's CPU per journey and `stack_cores`, its CPU per wall
 second (near the machine's core count, the stack is the limit).
@@ -33,13 +38,14 @@ from benchmarks import proc_cpu
 from benchmarks.journeys import stack_pids
 from chaosbed.proc import free_port
 from chaosbed.stack import Stack
+from faults.scenario import JOURNEY_PATHS
 from loadtests.runner import locust_command, read_history
 
 REPO = Path(__file__).resolve().parent.parent
-STEP_S = 10.0  # load duration of one step
+STEP_S = 12.0  # load duration of one step: two pace periods to spawn, three measured
 RATES = (20, 40, 80, 160, 240, 320, 480)  # target journeys/s, stepped up
 SUSTAINED = 0.9  # achieved / target
-SERIES_BUDGET_S = 120.0  # per worker count
+SERIES_BUDGET_S = 150.0  # per worker count
 USERS_PER_RATE = 2  # each user paced every 2 s: a journey may take that long before users limit
 SAMPLE_EVERY_S = 0.2  # CPU samples of Locust and the stack during a step
 EDGE_S = 0.5  # kept out of the window at both ends (spawning, stopping)
@@ -117,9 +123,12 @@ def run_step(stack: Stack, rate: int, workers: int, run_dir: Path) -> dict[str, 
     pace_s = users / rate
     load = {
         "users": users,
-        "spawn_rate": users * 2,
+        "spawn_rate": rate,  # one pace period to spawn them all: arrivals spread evenly
         "rate": rate,
         "mix": {"shopper": 1},
+        # paid journeys only: the flow's other paths (abandon, declined, ... 3 % each by
+        # default) never reach PAID, and would count as a shortfall of 12-15 %
+        "paths": dict.fromkeys(JOURNEY_PATHS, 0.0),
         "max_poll": 5,
     }
     run_dir.mkdir(parents=True)
@@ -133,24 +142,28 @@ def run_step(stack: Stack, rate: int, workers: int, run_dir: Path) -> dict[str, 
     load_start, paid_at = journey_times(read_history(run_dir / "history.ndjson"))
     if load_start is None:
         raise RuntimeError(f"step at {rate} journeys/s placed no order; see {run_dir}")
-    # every user starts its first journey at once when spawned: measure after that burst
-    t0, t1, cpu = window_delta(
-        samples, load_start + pace_s + EDGE_S, load_start + STEP_S - EDGE_S
-    )
-    seconds = t1 - t0
+    # after spawning; a whole number of pace periods, in which every paced user completes
+    # as many journeys wherever its start falls (Locust's distributed spawning comes in
+    # bursts of a second): a window of 3.5 periods counted 3 or 4 of them
+    # (spawning takes one pace period, and a user's second journey is due within the next:
+    # its first runs the moment it spawns)
+    start, end = load_start + 2 * pace_s + EDGE_S, load_start + STEP_S - EDGE_S
+    periods = max(1, int((end - start) // pace_s))
+    end = start + periods * pace_s
+    achieved = sum(1 for t in paid_at if start <= t <= end) / (end - start)
+    t0, t1, cpu = window_delta(samples, start, end)  # CPU: between the samples inside
     journeys = sum(1 for t in paid_at if t0 <= t <= t1)
-    achieved = journeys / seconds
     locust_cpu = sum(v for name, v in cpu.items() if name.startswith("locust:"))
     stack_cpu = sum(v for name, v in cpu.items() if name in pids)
     return {
         "target": rate,
         "users": users,
-        "window_s": round(seconds, 1),
+        "window_s": round(end - start, 1),
         "journeys": journeys,
         "journeys_per_s": round(achieved, 1),
         "locust_cpu_ms_per_journey": round(1000 * locust_cpu / journeys, 2) if journeys else None,
         "stack_cpu_ms_per_journey": round(1000 * stack_cpu / journeys, 2) if journeys else None,
-        "stack_cores": round(stack_cpu / seconds, 2),
+        "stack_cores": round(stack_cpu / (t1 - t0), 2),
         "cpu_warning": bool(progress.get("cpu_warning")),
         "sustained": achieved >= SUSTAINED * rate and not progress.get("cpu_warning"),
     }
