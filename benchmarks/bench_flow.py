@@ -45,7 +45,7 @@ from chaosbed.stack import Stack
 
 CONCURRENCY = 32
 ROUNDS = 3
-JOURNEYS = 300  # per stack and round
+JOURNEYS = 1000  # per stack and round (a few seconds each now: wall-clock rates need that)
 WARMUP_JOURNEYS = 40
 TRIVIAL_REQUESTS = 6000  # per round, at CONCURRENCY (enough clock ticks of CPU to count)
 SERIAL_TRIVIAL_REQUESTS = 3000  # per round, one at a time

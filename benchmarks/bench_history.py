@@ -33,7 +33,7 @@ HISTORY_ORDERS = 100_000
 TEMPLATE_JOURNEYS = 200
 CONCURRENCY = 32
 ROUNDS = 3
-JOURNEYS = 300  # per stack and round
+JOURNEYS = 1000  # per stack and round (a few seconds each now: wall-clock rates need that)
 WARMUP_S = 4.0  # journeys before measuring: startup catch-up and first background passes
 STOCK = 100_000_000
 
