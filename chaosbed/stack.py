@@ -50,7 +50,16 @@ NOTIFY_PATH = "/notifications/payment"
 DEFAULT_SEED_STOCK: dict[str, int] = {"sku-1": 1_000_000, "sku-2": 1_000_000, "sku-3": 1_000_000}
 
 HEALTH_TIMEOUT_S = 30.0
+# Toxiproxy's Go scheduler on one thread: a third less CPU per proxied request than one
+# thread per core (benchmarks/bench_flow.py, docs/perf.md), and a fraction of a core is all
+# it uses at the stack's peak
+TOXIPROXY_GOMAXPROCS = "1"
 STOP_GRACE_S = 5.0
+
+
+def toxiproxy_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment of toxiproxy-server: `environ` with GOMAXPROCS=1 unless it sets one."""
+    return {"GOMAXPROCS": TOXIPROXY_GOMAXPROCS, **environ}
 
 
 class StackError(RuntimeError):
@@ -274,7 +283,7 @@ class Stack(rundir.Closing):
         log = run_dir / "toxiproxy.log"
         child = process.Child(
             [str(binary), "-host", "127.0.0.1", "-port", str(port), "-proxy-metrics"],
-            env=os.environ,
+            env=toxiproxy_env(os.environ),
             log_path=log,
             name="toxiproxy-server",
         )

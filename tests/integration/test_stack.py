@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from chaosbed.stack import PROXIES, SERVICES, Stack, StackError
+from chaosbed.stack import PROXIES, SERVICES, Stack, StackError, toxiproxy_env
 from faults import process
 from faults.toxiproxy import ProxySpec, Toxiproxy, ToxiproxyError
 
@@ -154,6 +156,21 @@ def test_start_writes_stack_json_with_every_link(shared_stack: Stack) -> None:
         assert body["service"] == target, name
     assert info["admin_token"] and info["notify_secret"]
     assert info["toxiproxy"]["api"].startswith("http://127.0.0.1:")
+
+
+def test_toxiproxy_runs_its_go_scheduler_on_one_thread(shared_stack: Stack) -> None:
+    pid = shared_stack.info["toxiproxy"]["pid"]
+    environ = dict(
+        item.split("=", 1)
+        for item in Path(f"/proc/{pid}/environ").read_text().split("\0")
+        if "=" in item
+    )
+    assert environ.get("GOMAXPROCS") == os.environ.get("GOMAXPROCS", "1")
+
+
+def test_toxiproxy_env_keeps_a_gomaxprocs_the_user_set() -> None:
+    assert toxiproxy_env({"PATH": "/bin"}) == {"PATH": "/bin", "GOMAXPROCS": "1"}
+    assert toxiproxy_env({"GOMAXPROCS": "2"}) == {"GOMAXPROCS": "2"}
 
 
 def test_services_are_wired_through_the_proxies(shared_stack: Stack) -> None:
