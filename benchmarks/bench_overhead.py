@@ -104,11 +104,12 @@ def _span_processor(variant: str) -> Any:
 
 
 def _stub_telemetry() -> None:
-    """`bare` and `stock`: our middleware, metrics and access log switched off."""
+    """`bare` and `stock`: our middleware, metrics and access log switched off, and FastAPI's
+    own telemetry too (bare is no instrumentation at all: its per-request check included)."""
     from services.common import http, telemetry
 
     def setup(app: FastAPI, service_name: str) -> None:
-        return None
+        telemetry._disable_native_fastapi_telemetry(app)
 
     telemetry.setup = setup
     http.observe_client = lambda *args, **kwargs: None
@@ -173,6 +174,10 @@ def _build(variant: str, target: str, args: argparse.Namespace) -> Any:
             from services.common import telemetry
 
             telemetry.setup(app, "minimal")
+        elif variant == "bare":
+            from services.common.telemetry import _disable_native_fastapi_telemetry
+
+            _disable_native_fastapi_telemetry(app)
     else:
         app = _order_app(args.inventory, args.channel, args.db)
     if variant == "stock":
