@@ -8,18 +8,22 @@ client in the measurement, so the telemetry's share is not diluted):
 - `order`: the real order service's `POST /orders` (inventory try + channel create over
   loopback HTTP to a real direct stack, 16 in flight).
 
-Variants (each in its own subprocess, so global tracer providers never mix):
+Variants (each in its own subprocess, so global tracer providers never mix; each with the
+services' GC settings, `services.common.server.tune_gc`, as `serve()` sets them):
 - `bare`: no spans, no metrics, no access log (telemetry.setup and client metrics stubbed);
 - `ours`: services.common.telemetry as deployed — server + client spans through a
   BatchSpanProcessor and the services' OTLP/HTTP exporter (services.common.otlp) whose
   transport answers 200 without a network (the CPU an export costs, minus the POST), RED
   histograms with exemplars, JSON access log;
+- `ours_default_gc`: `ours` with CPython's default GC settings (what `tune_gc` saves);
 - `stock`: FastAPIInstrumentor (exclude_spans receive/send) + a BatchSpanProcessor with the
   SDK's own OTLP/HTTP exporter on the same transport, no Prometheus metrics; skipped when
   the package is not installed.
 
 Figures per path and variant: `rps` (wall clock) and `cpu_rps` (requests per CPU second of
-the measured process: steadier on a shared machine).  The goals (issue 8) are on the
+the measured process: steadier on a shared machine); `gc_us` (time in cyclic-GC collections
+per request, from `gc.callbacks`) and `gc_max_pause_ms` (the longest collection: an event loop
+stalled that long delays every request in flight).  The goals (issue 8) are on the
 wall-clock ratios ours / bare: `order_ours_ratio` >= 0.90 on the place-order path and
 `minimal_ours_ratio` >= 0.70 against an almost empty handler (the fixed per-request cost);
 `order_ours_goal_ok` / `minimal_ours_goal_ok` say whether this run met them.
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import sqlite3
@@ -50,7 +55,7 @@ ROUNDS = 3
 REQUESTS = {"minimal": 3000, "order": 600}
 WARMUP = {"minimal": 300, "order": 60}
 CONCURRENCY = {"minimal": 1, "order": 16}
-VARIANTS = ("bare", "ours", "stock")
+VARIANTS = ("bare", "ours", "ours_default_gc", "stock")
 GOALS = {"order_ours_ratio": 0.90, "minimal_ours_ratio": 0.70}  # ours / bare, wall clock
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -156,6 +161,8 @@ def _build(variant: str, target: str, args: argparse.Namespace) -> Any:
     from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
 
+    if variant == "ours_default_gc":
+        variant = "ours"
     if variant in ("bare", "stock"):
         _stub_telemetry()
     if variant == "stock":
@@ -219,8 +226,26 @@ async def _call(app: Any, body: bytes, key: str) -> int:
     return status
 
 
-async def _drive(app: Any, total: int, concurrency: int) -> tuple[float, float]:
-    """(requests per wall second, requests per CPU second of this process)."""
+class _GcTally:
+    """Time spent in cyclic-GC collections while installed (gc.callbacks)."""
+
+    def __init__(self) -> None:
+        self.total_s = 0.0
+        self.longest_s = 0.0
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            took = time.perf_counter() - self._started
+            self.total_s += took
+            self.longest_s = max(self.longest_s, took)
+
+
+async def _drive(app: Any, total: int, concurrency: int) -> dict[str, float]:
+    """rps (wall clock), cpu_rps (per CPU second of this process), gc_us per request and
+    gc_max_pause_ms."""
     body = json.dumps({"sku": "bench", "qty": 1, "amount": 100}).encode()
     remaining = total
 
@@ -232,16 +257,27 @@ async def _drive(app: Any, total: int, concurrency: int) -> tuple[float, float]:
             if status not in (200, 201):
                 raise RuntimeError(f"POST /orders answered {status}")
 
+    tally = _GcTally()
+    gc.callbacks.append(tally)
     started, cpu_started = time.perf_counter(), time.process_time()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return (
-        total / (time.perf_counter() - started),
-        total / max(time.process_time() - cpu_started, 1e-9),
-    )
+    try:
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    finally:
+        gc.callbacks.remove(tally)
+    return {
+        "rps": total / (time.perf_counter() - started),
+        "cpu_rps": total / max(time.process_time() - cpu_started, 1e-9),
+        "gc_us": tally.total_s / total * 1e6,
+        "gc_max_pause_ms": tally.longest_s * 1e3,
+    }
 
 
-async def _child_main(args: argparse.Namespace) -> tuple[float, float]:
+async def _child_main(args: argparse.Namespace) -> dict[str, float]:
+    from services.common.server import tune_gc
+
     app = _build(args.variant, args.target, args)
+    if args.variant != "ours_default_gc":
+        tune_gc()  # the services' process settings, as serve() sets them
     async with app.router.lifespan_context(app):
         await _drive(app, WARMUP[args.target], CONCURRENCY[args.target])
         return await _drive(app, REQUESTS[args.target], CONCURRENCY[args.target])
@@ -256,8 +292,7 @@ def child(argv: Sequence[str]) -> None:
     parser.add_argument("--channel", default="")
     parser.add_argument("--db", default=":memory:")
     args = parser.parse_args(argv)
-    rps, cpu_rps = asyncio.run(_child_main(args))
-    Path(args.out).write_text(json.dumps({"rps": rps, "cpu_rps": cpu_rps}))
+    Path(args.out).write_text(json.dumps(asyncio.run(_child_main(args))))
 
 
 # --- parent side ---------------------------------------------------------------------------
@@ -309,6 +344,10 @@ def main() -> dict[str, object]:
                         for kind, value in _run_child(variant, target, workdir, extra).items():
                             samples.setdefault((target, variant, kind), []).append(value)
     for target in REQUESTS:
+        for variant in variants:
+            for kind in ("gc_us", "gc_max_pause_ms"):
+                value = statistics.median(samples[(target, variant, kind)])
+                figures[f"{target}_{variant}_{kind}"] = round(value, 2)
         for kind in ("rps", "cpu_rps"):
             bare = statistics.median(samples[(target, "bare", kind)])
             for variant in variants:

@@ -9,6 +9,7 @@ write was about a tenth of each service's CPU per request).
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -58,8 +59,29 @@ def base_app(
     return app
 
 
+# Young objects the cyclic GC lets accumulate before a collection (CPython's default: 700).
+# A request in flight holds a few hundred tracked objects (coroutines, dicts, spans) that
+# refcounting frees when it ends; with 16-32 requests in flight the default threshold ran a
+# young collection every ~14 requests, each walking every in-flight request's objects.
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def tune_gc() -> None:
+    """The services' cyclic-GC settings, once the app is built (imports, routes, models):
+    what exists then is moved out of the collector's sight (`gc.freeze`), so a full
+    collection no longer walks the ~10^5 objects of the loaded libraries (tens of ms of a
+    stalled event loop each), and young collections run 14x less often.  A request makes no
+    reference cycle (gc.DEBUG_SAVEALL found none after 1 500 traced orders), so what the
+    collector would find is rare: it is still collected, a little later."""
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+
+
 def serve(app: FastAPI, settings: Settings) -> None:
     """Run on the configured loopback port until SIGTERM/SIGINT."""
+    tune_gc()
     uvicorn.run(
         app,
         host=settings.host,

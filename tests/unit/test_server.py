@@ -125,3 +125,57 @@ async def test_connection_close_request_is_answered_then_closed() -> None:
     assert b"connection: close\r\n" in ours.writes[0]
     assert ours.writes[0].endswith(b'{"status":"ok"}')
     assert ours.closed_by_response
+
+
+@pytest.fixture
+def gc_restored() -> Any:
+    import gc
+
+    threshold = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*threshold)
+
+
+def test_tune_gc_freezes_what_exists_and_raises_the_young_threshold(gc_restored: Any) -> None:
+    import gc
+
+    from services.common.server import GC_YOUNG_THRESHOLD, tune_gc
+
+    _, older, oldest = gc.get_threshold()
+    already_frozen = gc.get_freeze_count()
+    tune_gc()
+    assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, older, oldest)
+    assert GC_YOUNG_THRESHOLD > 700  # above CPython's default, or there is nothing to tune
+    assert gc.get_freeze_count() > already_frozen + 10_000  # the loaded libraries
+
+
+def test_after_tune_gc_a_reference_cycle_is_still_collected(gc_restored: Any) -> None:
+    import gc
+    import weakref
+
+    from services.common.server import tune_gc
+
+    tune_gc()
+
+    class Node:
+        other: Any = None
+
+    first, second = Node(), Node()
+    first.other, second.other = second, first
+    alive = weakref.ref(first)
+    del first, second
+    assert alive() is not None  # refcounting alone cannot free a cycle
+    gc.collect(0)
+    assert alive() is None
+
+
+def test_serve_tunes_gc_before_uvicorn_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.common import server
+    from services.common.settings import Settings
+
+    calls: list[str] = []
+    monkeypatch.setattr(server, "tune_gc", lambda: calls.append("tune_gc"))
+    monkeypatch.setattr(server.uvicorn, "run", lambda app, **kwargs: calls.append("run"))
+    server.serve(None, Settings(service="order"))  # type: ignore[arg-type]
+    assert calls == ["tune_gc", "run"]
