@@ -143,6 +143,7 @@ def _target(name_or_path: str | None) -> Any:
 
     target = load_target(in_repo(name_or_path) if "/" in name_or_path else name_or_path)
     load_adapter(target.adapter, target.base_dir)
+    target.secrets_from(os.environ)  # a url target's secret variables are set
     return target
 
 
@@ -177,8 +178,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         if problem:
             say(f"--baseline {baseline}: {problem}")
             return EXIT_HARNESS
-    if getattr(args, "dry_run", False):
-        return _dry_run(scenario, slo_path)
     attach = Path(args.attach) if args.attach else None
     if attach is not None and not attach.is_file():
         say(f"--attach {attach}: no such stack.json")
@@ -191,6 +190,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if target is not None and attach is not None:
         say("--target and --attach: an attached stack already has its order service")
         return EXIT_USAGE
+    if target is not None and not target.started:
+        steps = [f"step {i} ({step.label()})" for i, step in enumerate(scenario.timeline)
+                 if step.type.kind is Kind.PROCESS and step.target == "order"]  # fmt: skip
+        if steps:
+            say(f"--target {target.name}: runs at {target.url}, not started by chaosbed, but the "
+                f"scenario kills, restarts or pauses order: {', '.join(steps)}; give the target "
+                "a `start` command, or pick a scenario without process faults on order")
+            return EXIT_USAGE
     if attach is not None:
         # an attached stack is not ours: we may not kill, restart or pause its processes
         steps = [f"step {i} ({step.label()})" for i, step in enumerate(scenario.timeline)
@@ -203,6 +210,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
         say(f"--out {out}: already exists and is not an empty directory")
         return EXIT_USAGE
+    if getattr(args, "dry_run", False):  # every input checked above, as for a real run
+        return _dry_run(scenario, slo_path)
 
     pipeline = RunPipeline(
         scenario,

@@ -30,7 +30,7 @@ from chaosbed import binaries, proc
 from chaosbed.supervisor import HealthWatch, Watched, child_problem
 from faults import process
 from faults.toxiproxy import ProxySpec, Toxiproxy, ToxiproxyError
-from loadtests.target import Target, render
+from loadtests.target import Target, TargetError, render
 from services.common.bugs import parse_bugs
 
 SERVICES = ("inventory", "channel", "order")  # start order: dependencies first
@@ -158,13 +158,22 @@ class Stack(rundir.Closing):
         for key, value in (service_env or {}).items():
             if not isinstance(key, str) or not isinstance(value, str):
                 raise StackError(f"service_env[{key!r}]={value!r}: names and values must be str")
+        try:  # a url target's secrets are the ones it was started with
+            fixed = target.secrets_from(os.environ) if target is not None else {}
+        except TargetError as exc:
+            raise StackError(str(exc)) from None
         run_dir = Path(run_dir).resolve()
         run_dir.mkdir(mode=rundir.RUN_DIR_MODE, parents=True, exist_ok=True)
         ports = {name: proc.free_port() for name in SERVICES}
+        if direct and target is not None and target.peers is not None:
+            # no proxy in between: the url target calls inventory and channel themselves
+            ports.update(
+                inventory=target.peers.port("inventory"), channel=target.peers.port("channel")
+            )
         info: dict[str, Any] = {
             "run_dir": str(run_dir),
-            "admin_token": secrets.token_urlsafe(24),
-            "notify_secret": secrets.token_urlsafe(32),
+            "admin_token": fixed.get("admin_token") or secrets.token_urlsafe(24),
+            "notify_secret": fixed.get("notify_secret") or secrets.token_urlsafe(32),
             "direct": direct,
             "bugs": bug_names,
             "seed_stock": stock,
@@ -295,14 +304,26 @@ class Stack(rundir.Closing):
             proc.wait_ready(child, toxiproxy_probe(self._toxiproxy), HEALTH_TIMEOUT_S)
         except proc.NotReady as exc:
             raise StackError(f"{exc}; last lines of {log}:\n{process.log_tail(log)}") from exc
+        # a url target was configured in advance: the proxies it calls listen where it calls
+        peers = (self._info.get("target") or {}).get("peers") or {}
+        fixed = {"order_inventory": peers.get("inventory"), "order_channel": peers.get("channel")}
         specs = [
-            ProxySpec(name, upstream=self._info["services"][target]["url"].split("://", 1)[1])
+            ProxySpec(
+                name,
+                upstream=self._info["services"][target]["url"].split("://", 1)[1],
+                listen=fixed.get(name) or "127.0.0.1:0",
+            )
             for name, (_, target) in PROXIES.items()
         ]
         try:
             created = self._toxiproxy.populate(specs)
         except ToxiproxyError as exc:
-            raise StackError(f"could not create the proxies: {exc}") from exc
+            hint = (
+                f" (the target's peers: {peers['inventory']} and {peers['channel']} must be free)"
+                if peers
+                else ""
+            )
+            raise StackError(f"could not create the proxies: {exc}{hint}") from exc
         self._info["proxies"] = {
             name: {
                 "listen": created[name]["listen"],
@@ -481,7 +502,14 @@ class Stack(rundir.Closing):
         items: list[Watched] = []
         if self._toxiproxy_child is not None:
             items.append(Watched("Toxiproxy", child_problem(self._toxiproxy_child)))
+        target = self._info.get("target")
         for name in SERVICES:
+            if name == "order" and target and not target["started"]:
+                # a url target is not ours to watch as a process: its health URL, as attached
+                watch = HealthWatch(self._info["services"]["order"]["url"] + target["health"])
+                self._health.append(watch)
+                items.append(Watched(f"target {target['name']}", watch, target=name))
+                continue
             items.append(Watched(f"service {name}", self._service_check(name), target=name))
         observers = self._observers
         if observers is not None:
@@ -693,6 +721,9 @@ def _target_info(target: Target) -> dict[str, Any]:
         "adapter": target.adapter,
         "options": dict(target.options),
         "export": target.export,
+        "peers": target.peers.model_dump() if target.peers else None,
+        "notify_secret_env": target.notify_secret_env,
+        "admin_token_env": target.admin_token_env,
     }
 
 

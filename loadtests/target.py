@@ -104,6 +104,37 @@ class Start(BaseModel):
         return env
 
 
+_LOOPBACK_ADDRESS = re.compile(r"^127\.0\.0\.1:(\d{1,5})$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class Peers(BaseModel):
+    """Where a `url` target (already running, so configured before chaosbed starts) calls
+    chaosbed's inventory and channel: chaosbed's Toxiproxy listens at these addresses."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    inventory: str
+    channel: str
+
+    @field_validator("inventory", "channel")
+    @classmethod
+    def _address(cls, address: str) -> str:
+        match = _LOOPBACK_ADDRESS.match(address)
+        if match is None or not 1 <= int(match.group(1)) <= 65535:
+            raise ValueError(f"{address!r} must be 127.0.0.1:PORT (a port 1-65535 on loopback)")
+        return address
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Peers:
+        if self.inventory == self.channel:
+            raise ValueError(f"inventory and channel are both {self.inventory}: give two ports")
+        return self
+
+    def port(self, service: str) -> int:
+        return int(getattr(self, service).rsplit(":", 1)[1])
+
+
 class Target(BaseModel):
     """One order service under test (docs/own-service.md)."""
 
@@ -119,6 +150,11 @@ class Target(BaseModel):
     adapter: str
     options: dict[str, Any] = Field(default_factory=dict)
     export: bool = False
+    # a `url` target only: what a started target gets from {inventory}, {channel},
+    # {notify_secret} and {admin_token}, fixed in advance
+    peers: Peers | None = None
+    notify_secret_env: str | None = None
+    admin_token_env: str | None = None
     # set by load_target: where the file is (relative adapters, {target_dir})
     source: str = Field(default="<target>", exclude=True)
     base_dir: str = Field(default=".", exclude=True)
@@ -166,11 +202,68 @@ class Target(BaseModel):
             raise ValueError(f"{spec!r} must be 'package.module:Class' or 'file.py:Class'")
         return spec
 
+    @field_validator("notify_secret_env", "admin_token_env")
+    @classmethod
+    def _env_name(cls, name: str | None) -> str | None:
+        if name is not None and not _ENV_NAME.match(name):
+            raise ValueError(f"{name!r} is not an environment variable name")
+        return name
+
     @model_validator(mode="after")
     def _start_or_url(self) -> Target:
         if (self.start is None) == (self.url is None):
             raise ValueError("give exactly one of `start` (chaosbed starts it) or `url`")
+        if self.url is None:
+            given = [
+                key
+                for key in ("peers", "notify_secret_env", "admin_token_env")
+                if getattr(self, key) is not None
+            ]
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)}: only for a `url` target (a started target gets "
+                    "{inventory}, {channel}, {notify_secret} and {admin_token})"
+                )
+            return self
+        if self.peers is None:
+            raise ValueError(
+                "a `url` target needs `peers`: the 127.0.0.1:PORT addresses it calls for "
+                "`inventory` and `channel` (chaosbed's proxies listen there)"
+            )
+        if self.notify_secret_env is None:
+            raise ValueError(
+                "a `url` target needs `notify_secret_env`: the variable holding the secret it "
+                "checks payment notifications with (the channel signs with it)"
+            )
+        if self.export and self.admin_token_env is None:
+            raise ValueError(
+                "a `url` target with `export: true` needs `admin_token_env`: the variable "
+                "holding the bearer token it expects on /audit/export"
+            )
+        own_port = self.url.rsplit(":", 1)[1].rstrip("/")
+        for service in ("inventory", "channel"):
+            if str(self.peers.port(service)) == own_port:
+                raise ValueError(f"peers.{service}: {self.url} itself listens on port {own_port}")
         return self
+
+    def secrets_from(self, environ: Mapping[str, str]) -> dict[str, str]:
+        """A `url` target's notify secret and admin token, read from `environ` by the names
+        the file gives ({} for a started target); TargetError naming an unset variable."""
+        found: dict[str, str] = {}
+        for key, variable in (
+            ("notify_secret", self.notify_secret_env),
+            ("admin_token", self.admin_token_env),
+        ):
+            if variable is None:
+                continue
+            value = environ.get(variable, "")
+            if not value:
+                raise TargetError(
+                    f"{self.source}: {key}_env: {variable} is not set in chaosbed's environment "
+                    f"(it must hold the {key.replace('_', ' ')} {self.url} was started with)"
+                )
+            found[key] = value
+        return found
 
     @property
     def started(self) -> bool:

@@ -89,7 +89,7 @@ def test_impossible_values_are_named(tmp_path: Path, change: tuple[str, str], wo
 
 
 def test_a_url_target_is_not_started(tmp_path: Path) -> None:
-    text = GOOD.split("start:")[0] + "url: http://127.0.0.1:9000/\nadapter: a.py:A\n"
+    text = URL_TARGET.replace("url: http://127.0.0.1:9000", "url: http://127.0.0.1:9000/")
     target = load_target(write(tmp_path, text))
     assert not target.started and target.url == "http://127.0.0.1:9000"
 
@@ -133,3 +133,88 @@ def test_bundled_yaml_starts_the_order_service_exactly_as_the_stack_does(tmp_pat
                          admin_token="<admin_token>", notify_secret="<notify_secret>",
                          bugs="<bugs>", links=links, seed_stock={})
     assert rendered == stack
+
+
+URL_TARGET = """\
+name: running
+description: a shop already running
+url: http://127.0.0.1:9000
+peers:
+  inventory: 127.0.0.1:9101
+  channel: 127.0.0.1:9102
+notify_secret_env: SHOP_NOTIFY_SECRET
+adapter: a.py:A
+"""
+
+
+def test_a_url_target_names_where_it_calls_and_which_variable_holds_its_secret(
+    tmp_path: Path,
+) -> None:
+    target = load_target(write(tmp_path, URL_TARGET))
+    assert target.peers is not None and target.peers.port("channel") == 9102
+    assert target.secrets_from({"SHOP_NOTIFY_SECRET": "s3"}) == {"notify_secret": "s3"}
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (("peers:\n  inventory: 127.0.0.1:9101\n  channel: 127.0.0.1:9102\n", ""),
+         "a `url` target needs `peers`"),
+        (("notify_secret_env: SHOP_NOTIFY_SECRET\n", ""), "needs `notify_secret_env`"),
+        (("adapter:", "export: true\nadapter:"), "needs `admin_token_env`"),
+        (("127.0.0.1:9102", "127.0.0.1:9101"), "inventory and channel are both 127.0.0.1:9101"),
+        (("127.0.0.1:9102", "127.0.0.1:9000"), "peers.channel: http://127.0.0.1:9000 itself"),
+        (("127.0.0.1:9102", "10.0.0.5:9102"), "channel: '10.0.0.5:9102' must be 127.0.0.1:PORT"),
+        (("127.0.0.1:9102", "127.0.0.1:99999"), "a port 1-65535 on loopback"),
+        (("  channel: 127.0.0.1:9102\n", ""), "peers.channel: Field required"),
+        (("SHOP_NOTIFY_SECRET", "SHOP-SECRET"), "'SHOP-SECRET' is not an environment variable"),
+        (("  channel:", "  chanel: 127.0.0.1:1\n  channel:"), "peers.chanel: unknown key"),
+    ],
+)
+def test_a_url_target_without_what_it_needs_is_refused(
+    tmp_path: Path, change: tuple[str, str], words: str
+) -> None:
+    assert words in error_of(tmp_path, URL_TARGET.replace(*change))
+
+
+def test_peers_and_secret_variables_are_only_for_a_url_target(tmp_path: Path) -> None:
+    text = GOOD + "peers: {inventory: 127.0.0.1:9101, channel: 127.0.0.1:9102}\n"
+    assert "peers: only for a `url` target" in error_of(tmp_path, text)
+    assert "admin_token_env: only for a `url` target" in error_of(
+        tmp_path, GOOD + "admin_token_env: T\n"
+    )
+
+
+def test_an_unset_secret_variable_is_named_before_anything_starts(tmp_path: Path) -> None:
+    added = "export: true\nadmin_token_env: SHOP_TOKEN\nadapter:"
+    exporting = URL_TARGET.replace("adapter:", added)
+    target = load_target(write(tmp_path, exporting))
+    with pytest.raises(TargetError, match="admin_token_env: SHOP_TOKEN is not set"):
+        target.secrets_from({"SHOP_NOTIFY_SECRET": "s3"})
+    with pytest.raises(TargetError, match="notify_secret_env: SHOP_NOTIFY_SECRET is not set"):
+        target.secrets_from({"SHOP_TOKEN": "t", "SHOP_NOTIFY_SECRET": ""})
+
+
+def _run_args(scenario: str, target: Path) -> argparse.Namespace:
+    return argparse.Namespace(
+        scenario=scenario, slo="slos/smoke.yaml", workers=0, bugs="", baseline=None,
+        force_baseline=False, attach=None, observe=False, runs_dir="never-created",
+        dry_run=True, target=str(target),
+    )  # fmt: skip
+
+
+def test_run_refuses_a_url_target_with_a_scenario_that_kills_order_before_starting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bundled = URL_TARGET.replace("a.py:A", "loadtests.adapters.bundled:BundledAdapter")
+    path = write(tmp_path, bundled)
+    monkeypatch.setenv("SHOP_NOTIFY_SECRET", "s3")
+    assert commands.cmd_run(_run_args("smoke", path)) == 64
+    said = capsys.readouterr().err
+    assert "not started by chaosbed, but the scenario kills, restarts or pauses order" in said
+    assert "step 0 (" in said or "step 1 (" in said  # names the steps
+    assert commands.cmd_run(_run_args("callback-storm", path)) == 0  # dry run: no such step
+    monkeypatch.delenv("SHOP_NOTIFY_SECRET")
+    assert commands.cmd_run(_run_args("callback-storm", path)) == 3
+    assert "notify_secret_env: SHOP_NOTIFY_SECRET is not set" in capsys.readouterr().err
+    assert not Path("never-created").exists()
