@@ -1,5 +1,5 @@
 """Telemetry overhead: throughput with no instrumentation vs our telemetry vs the stock
-`opentelemetry-instrumentation-fastapi`, measured in one run, interleaved in rounds.
+`opentelemetry-instrumentation-fastapi`, measured side by side in one run.
 
 Two request paths, each driven in-process straight through the ASGI interface (no HTTP
 client in the measurement, so the telemetry's share is not diluted):
@@ -9,19 +9,25 @@ client in the measurement, so the telemetry's share is not diluted):
   loopback HTTP to a real direct stack, 16 in flight).
 
 Variants (each in its own subprocess, so global tracer providers never mix; each with the
-services' GC settings, `services.common.server.tune_gc`, as `serve()` sets them):
+services' GC settings, `services.common.server.tune_gc`, as `serve()` sets them).  All of a
+path's variants are started and warmed up, then take turns in bursts of ~0.1 s (BURSTS each,
+the order rotating every round), so a shared machine's slow moments hit every variant alike;
+a burst ends with a flush of the spans it queued, so the export's CPU is inside it:
 - `bare`: no spans, no metrics, no access log (telemetry.setup and client metrics stubbed);
 - `ours`: services.common.telemetry as deployed — server + client spans through a
   BatchSpanProcessor and the services' OTLP/HTTP exporter (services.common.otlp) whose
   transport answers 200 without a network (the CPU an export costs, minus the POST), RED
   histograms with exemplars, JSON access log;
 - `ours_default_gc`: `ours` with CPython's default GC settings (what `tune_gc` saves);
+- `ours_sdk_tracer`: `ours` with the SDK's TracerProvider instead of the services' lean one
+  (services/common/tracer.py: what it saves);
 - `stock`: FastAPIInstrumentor (exclude_spans receive/send) + a BatchSpanProcessor with the
   SDK's own OTLP/HTTP exporter on the same transport, no Prometheus metrics; skipped when
   the package is not installed.
 
-Figures per path and variant: `rps` (wall clock) and `cpu_rps` (requests per CPU second of
-the measured process: steadier on a shared machine); `gc_us` (time in cyclic-GC collections
+Figures per path and variant, over all its bursts: `rps` (wall clock) and `cpu_rps`
+(requests per CPU second of the measured process); `_ratio_iqr`, the quartiles of the
+burst-by-burst ratio to bare (its spread); `gc_us` (time in cyclic-GC collections
 per request, from `gc.callbacks`) and `gc_max_pause_ms` (the longest collection: an event loop
 stalled that long delays every request in flight).  The goals (issue 8) are on the
 wall-clock ratios ours / bare: `order_ours_ratio` >= 0.90 on the place-order path and
@@ -51,11 +57,14 @@ from fastapi import FastAPI, Header
 from opentelemetry.exporter.http.transport._base import BaseHTTPResult, BaseHTTPTransport
 from pydantic import BaseModel, Field
 
-ROUNDS = 3
-REQUESTS = {"minimal": 3000, "order": 600}
-WARMUP = {"minimal": 300, "order": 60}
+# the variants take turns in bursts of about 0.1 s, BURSTS each: a shared machine's slow
+# moments then fall on every variant alike (whole runs one after the other differed by 2x)
+BURSTS = 30
+BURST = {"minimal": 500, "order": 80}
+WARMUP = {"minimal": 500, "order": 80}
+PROTOCOL = "@bench "  # the child's answers, among the app's own log lines on stdout
 CONCURRENCY = {"minimal": 1, "order": 16}
-VARIANTS = ("bare", "ours", "ours_default_gc", "stock")
+VARIANTS = ("bare", "ours", "ours_default_gc", "ours_sdk_tracer", "stock")
 GOALS = {"order_ours_ratio": 0.90, "minimal_ours_ratio": 0.70}  # ours / bare, wall clock
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -161,7 +170,11 @@ def _build(variant: str, target: str, args: argparse.Namespace) -> Any:
     from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
 
-    if variant == "ours_default_gc":
+    if variant == "ours_sdk_tracer":
+        from services.common import telemetry
+
+        telemetry.LeanTracerProvider = TracerProvider  # type: ignore[misc,assignment]  # here only
+    if variant in ("ours_default_gc", "ours_sdk_tracer"):
         variant = "ours"
     if variant in ("bare", "stock"):
         _stub_telemetry()
@@ -272,7 +285,19 @@ async def _drive(app: Any, total: int, concurrency: int) -> dict[str, float]:
     }
 
 
-async def _child_main(args: argparse.Namespace) -> dict[str, float]:
+def _flush() -> None:
+    """Export what the burst's spans left queued, inside the burst: the exporter's CPU is
+    then counted where it was caused (a batch processor would do it on its thread later)."""
+    from opentelemetry import trace
+
+    flush = getattr(trace.get_tracer_provider(), "force_flush", None)
+    if flush is not None:
+        flush()
+
+
+async def _child_main(args: argparse.Namespace) -> None:
+    """Build the app, warm it up, then run a burst of requests for every `run` line on stdin,
+    answering each with one JSON line of the burst's figures."""
     from services.common.server import tune_gc
 
     app = _build(args.variant, args.target, args)
@@ -280,19 +305,28 @@ async def _child_main(args: argparse.Namespace) -> dict[str, float]:
         tune_gc()  # the services' process settings, as serve() sets them
     async with app.router.lifespan_context(app):
         await _drive(app, WARMUP[args.target], CONCURRENCY[args.target])
-        return await _drive(app, REQUESTS[args.target], CONCURRENCY[args.target])
+        _flush()
+        print(f"{PROTOCOL}ready", flush=True)
+        for line in sys.stdin:  # blocking between bursts: nothing else runs meanwhile
+            if line.strip() != "run":
+                break
+            cpu_started = time.process_time()
+            started = time.perf_counter()
+            burst = await _drive(app, BURST[args.target], CONCURRENCY[args.target])
+            _flush()
+            burst["wall_s"] = time.perf_counter() - started
+            burst["cpu_s"] = time.process_time() - cpu_started
+            print(PROTOCOL + json.dumps(burst), flush=True)
 
 
 def child(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--variant", choices=VARIANTS, required=True)
-    parser.add_argument("--target", choices=tuple(REQUESTS), required=True)
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--target", choices=tuple(BURST), required=True)
     parser.add_argument("--inventory", default="")
     parser.add_argument("--channel", default="")
     parser.add_argument("--db", default=":memory:")
-    args = parser.parse_args(argv)
-    Path(args.out).write_text(json.dumps(asyncio.run(_child_main(args))))
+    asyncio.run(_child_main(parser.parse_args(argv)))
 
 
 # --- parent side ---------------------------------------------------------------------------
@@ -306,56 +340,118 @@ def _stock_available() -> bool:
     return True
 
 
-def _run_child(variant: str, target: str, workdir: Path, extra: list[str]) -> dict[str, float]:
-    out = workdir / f"{target}-{variant}-{uuid.uuid4().hex[:6]}.json"
-    argv = [
-        sys.executable, "-m", "benchmarks.bench_overhead", "--child",
-        "--variant", variant, "--target", target, "--out", str(out), *extra,
-    ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    env["CHAOSBED_LOG_LEVEL"] = "INFO"
-    result = subprocess.run(
-        argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        text=True, timeout=300,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"{target}/{variant} failed:\n{result.stderr[-3000:]}")
-    return {k: float(v) for k, v in json.loads(out.read_text()).items()}
+class _Child:
+    """One variant's process, driven burst by burst over its stdin and stdout."""
+
+    def __init__(self, variant: str, target: str, workdir: Path, extra: list[str]) -> None:
+        self.name = f"{target}/{variant}"
+        argv = [
+            sys.executable, "-m", "benchmarks.bench_overhead", "--child",
+            "--variant", variant, "--target", target, *extra,
+        ]  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+        env["CHAOSBED_LOG_LEVEL"] = "INFO"
+        self.log = workdir / f"{target}-{variant}.log"
+        with self.log.open("wb") as log:
+            self.popen = subprocess.Popen(
+                argv, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=log, text=True,
+            )  # fmt: skip
+
+    def _answer(self) -> str:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:  # the app's own log lines go by
+            if line.startswith(PROTOCOL):
+                return line[len(PROTOCOL) :].strip()
+        raise RuntimeError(f"{self.name} ended:\n{self.log.read_text()[-3000:]}")
+
+    def ready(self) -> None:
+        if self._answer() != "ready":
+            raise RuntimeError(f"{self.name}: no ready line")
+
+    def burst(self) -> dict[str, float]:
+        assert self.popen.stdin is not None
+        self.popen.stdin.write("run\n")
+        self.popen.stdin.flush()
+        return {k: float(v) for k, v in json.loads(self._answer()).items()}
+
+    def stop(self) -> None:
+        if self.popen.stdin is not None:
+            self.popen.stdin.close()
+        try:
+            self.popen.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+
+
+def _measure(
+    target: str, variants: list[str], workdir: Path, extra: dict[str, list[str]]
+) -> dict[str, list[dict[str, float]]]:
+    """Every variant's bursts, the variants taking turns (the order rotating each round), so
+    what the machine's other tenants do hits them all alike."""
+    children = [_Child(v, target, workdir, extra.get(v, [])) for v in variants]
+    try:
+        for child_ in children:
+            child_.ready()
+        bursts: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
+        for round_no in range(BURSTS):
+            turn = round_no % len(children)
+            for variant, child_ in list(zip(variants, children, strict=True))[turn:] + list(
+                zip(variants, children, strict=True)
+            )[:turn]:
+                bursts[variant].append(child_.burst())
+        return bursts
+    finally:
+        for child_ in children:
+            child_.stop()
 
 
 def main() -> dict[str, object]:
     from chaosbed.stack import Stack
 
     variants = [v for v in VARIANTS if v != "stock" or _stock_available()]
-    figures: dict[str, object] = {"variants": ",".join(variants), "rounds": ROUNDS}
-    samples: dict[tuple[str, str, str], list[float]] = {}
+    figures: dict[str, object] = {"variants": ",".join(variants), "bursts": BURSTS}
+    measured: dict[str, dict[str, list[dict[str, float]]]] = {}
     with tempfile.TemporaryDirectory(prefix="chaosbed-bench-overhead-") as tmp:
         workdir = Path(tmp)
         stock = {"bench": 100_000_000}
         with Stack.start(workdir / "stack", direct=True, seed_stock=stock) as stack:
-            order_extra = ["--inventory", stack.url("inventory"), "--channel", stack.url("channel")]
-            for round_no in range(ROUNDS):
-                for target in REQUESTS:
-                    for variant in variants:
-                        extra = (
-                            [*order_extra, "--db", str(workdir / f"order-{variant}-{round_no}.db")]
-                            if target == "order" else []
-                        )
-                        for kind, value in _run_child(variant, target, workdir, extra).items():
-                            samples.setdefault((target, variant, kind), []).append(value)
-    for target in REQUESTS:
-        for variant in variants:
-            for kind in ("gc_us", "gc_max_pause_ms"):
-                value = statistics.median(samples[(target, variant, kind)])
-                figures[f"{target}_{variant}_{kind}"] = round(value, 2)
-        for kind in ("rps", "cpu_rps"):
-            bare = statistics.median(samples[(target, "bare", kind)])
-            for variant in variants:
-                value = statistics.median(samples[(target, variant, kind)])
-                figures[f"{target}_{variant}_{kind}"] = round(value, 1)
-                if variant != "bare":
-                    suffix = "ratio" if kind == "rps" else "cpu_ratio"
-                    figures[f"{target}_{variant}_{suffix}"] = round(value / bare, 3)
+            peers = ["--inventory", stack.url("inventory"), "--channel", stack.url("channel")]
+            for target in BURST:
+                extra = {
+                    v: [*peers, "--db", str(workdir / f"order-{v}.db")] if target == "order" else []
+                    for v in variants
+                }
+                measured[target] = _measure(target, variants, workdir, extra)
+    for target, bursts in measured.items():
+        totals = {
+            v: {
+                "requests": BURST[target] * len(b),
+                "wall_s": sum(x["wall_s"] for x in b),
+                "cpu_s": sum(x["cpu_s"] for x in b),
+                "gc_s": sum(x["gc_us"] * BURST[target] / 1e6 for x in b),
+                "gc_max_pause_ms": max(x["gc_max_pause_ms"] for x in b),
+            }
+            for v, b in bursts.items()
+        }
+        for v, t in totals.items():
+            figures[f"{target}_{v}_rps"] = round(t["requests"] / t["wall_s"], 1)
+            figures[f"{target}_{v}_cpu_rps"] = round(t["requests"] / t["cpu_s"], 1)
+            figures[f"{target}_{v}_gc_us"] = round(t["gc_s"] / t["requests"] * 1e6, 2)
+            figures[f"{target}_{v}_gc_max_pause_ms"] = round(t["gc_max_pause_ms"], 2)
+        bare = totals["bare"]
+        for v, t in totals.items():
+            if v == "bare":
+                continue
+            figures[f"{target}_{v}_ratio"] = round(bare["wall_s"] / t["wall_s"], 3)
+            figures[f"{target}_{v}_cpu_ratio"] = round(bare["cpu_s"] / t["cpu_s"], 3)
+            # the spread: the same ratio burst by burst (a burst and bare's of the same round)
+            per_round = sorted(
+                b["wall_s"] / x["wall_s"] for b, x in zip(bursts["bare"], bursts[v], strict=True)
+            )
+            quartiles = statistics.quantiles(per_round, n=4)
+            figures[f"{target}_{v}_ratio_iqr"] = f"{quartiles[0]:.3f}-{quartiles[2]:.3f}"
     if "stock" not in variants:
         figures["stock"] = "skipped: opentelemetry-instrumentation-fastapi is not installed"
     for name, goal in GOALS.items():

@@ -50,16 +50,20 @@ from fastapi.responses import Response
 from opentelemetry import context as context_api
 from opentelemetry import propagate, trace
 from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
+from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.settings import SettingsError
+from services.common.tracer import LeanTracerProvider
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -181,17 +185,20 @@ def _span_exporter(name: str, protocol: str) -> SpanExporter:
 def configure_tracing(service_name: str) -> None:
     """Install the global tracer provider once per process, exporting only when asked
     (TelemetryConfigError on a bad OTEL_* value, before anything is installed)."""
-    global _configured, _tracing
+    global _configured, _tracing, _client_tracer
     if _configured:
         return
     config = traces_config()
     _configured = True
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)})
-    provider = TracerProvider(resource=resource)  # sampler from OTEL_TRACES_SAMPLER
+    # the SDK's spans, configuration and processors for less CPU (services/common/tracer.py);
+    # sampler from OTEL_TRACES_SAMPLER
+    provider = LeanTracerProvider(resource=resource)
     for name in config.exporters:
         provider.add_span_processor(BatchSpanProcessor(_span_exporter(name, config.protocol)))
         _tracing = True
     trace.set_tracer_provider(provider)
+    _client_tracer = trace.get_tracer("chaosbed.http")  # the real one, not the API's proxy
 
 
 def add_span_processor(processor: SpanProcessor, service_name: str = "chaosbed") -> None:
@@ -199,9 +206,9 @@ def add_span_processor(processor: SpanProcessor, service_name: str = "chaosbed")
     global _tracing
     configure_tracing(service_name)
     provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
+    if not isinstance(provider, LeanTracerProvider | TracerProvider):
         kind = type(provider).__name__
-        raise RuntimeError(f"the global tracer provider is {kind}, not the SDK's")
+        raise RuntimeError(f"the global tracer provider is {kind}, not the services' or the SDK's")
     provider.add_span_processor(processor)
     _tracing = True
 
@@ -388,12 +395,53 @@ def _error_type(exc: BaseException) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def _default_textmap(textmap: object) -> W3CBaggagePropagator | None:
+    """The baggage half of `textmap` when it is the default OTEL_PROPAGATORS
+    (tracecontext,baggage), else None."""
+    if not isinstance(textmap, CompositePropagator):
+        return None
+    parts = getattr(textmap, "_propagators", None)
+    if (
+        isinstance(parts, list | tuple)
+        and len(parts) == 2
+        and type(parts[0]) is TraceContextTextMapPropagator
+        and type(parts[1]) is W3CBaggagePropagator
+    ):
+        return parts[1]
+    return None
+
+
+_known_textmap: list[Any] = [None, None]  # [the global textmap seen, its baggage half or None]
+
+
+def inject(carrier: dict[str, str]) -> None:
+    """`propagate.inject(carrier)`: with the default propagators, the traceparent and
+    tracestate written straight from the current span (what TraceContextTextMapPropagator
+    writes, without its setter and context lookups twice over); any other textmap as it is."""
+    textmap = propagate.get_global_textmap()
+    if _known_textmap[0] is not textmap:
+        _known_textmap[:] = [textmap, _default_textmap(textmap)]
+    baggage = _known_textmap[1]
+    if baggage is None:
+        propagate.inject(carrier)
+        return
+    span_context = trace.get_current_span().get_span_context()
+    if span_context != trace.INVALID_SPAN_CONTEXT:
+        carrier["traceparent"] = (
+            f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}"
+            f"-{span_context.trace_flags:02x}"
+        )
+        if span_context.trace_state:
+            carrier["tracestate"] = span_context.trace_state.to_header()
+    baggage.inject(carrier)
+
+
 def outgoing_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
     """`headers` plus the W3C context for a call to a peer (the current span, or the caller's
     traceparent passed on when not tracing)."""
     carrier = dict(headers) if headers else {}
     if _tracing:
-        propagate.inject(carrier)
+        inject(carrier)
     elif (traceparent := _incoming_traceparent.get()) is not None:
         carrier["traceparent"] = traceparent
     return carrier
@@ -675,7 +723,7 @@ def current_traceparent() -> str | None:
     if not _tracing:
         return _incoming_traceparent.get()
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)
+    inject(carrier)
     return carrier.get("traceparent")
 
 

@@ -12,15 +12,25 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
-from opentelemetry import trace
+from opentelemetry import baggage, propagate, trace
+from opentelemetry import context as context_api
+from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusCode, TraceFlags
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+)
 
 from services.common import otlp, telemetry
 
@@ -646,3 +656,65 @@ def test_own_attributes_skip_the_sdk_cleaning_only_where_the_span_limits_keep_th
     }
     assert dict(dropped.attributes or {}) == {"http.response.status_code": 201}
     assert (roomy.dropped_attributes, dropped.dropped_attributes) == (0, 1)
+
+
+@pytest.mark.parametrize(
+    "parent",
+    [
+        SpanContext(0x1234, 0x5678, True, TraceFlags(1)),
+        SpanContext(0x1234, 0x5678, True, TraceFlags(0)),
+        SpanContext(2**128 - 1, 2**64 - 1, False, TraceFlags(3),
+                    TraceState([("vendor", "v1"), ("other", "x")])),  # fmt: skip
+        trace.INVALID_SPAN_CONTEXT,
+    ],
+    ids=["sampled", "unsampled", "tracestate", "invalid"],
+)
+@pytest.mark.parametrize("with_baggage", [False, True])
+def test_inject_writes_what_the_default_propagators_write(
+    parent: SpanContext, with_baggage: bool
+) -> None:
+    context = trace.set_span_in_context(NonRecordingSpan(parent))
+    if with_baggage:
+        context = baggage.set_baggage("tenant", "shop 1", context)
+    token = context_api.attach(context)
+    try:
+        ours: dict[str, str] = {"x-keep": "1"}
+        telemetry.inject(ours)
+        theirs: dict[str, str] = {"x-keep": "1"}
+        propagate.inject(theirs)
+    finally:
+        context_api.detach(token)
+    assert ours == theirs
+    assert ("traceparent" in ours) == (parent != trace.INVALID_SPAN_CONTEXT)
+    assert ("baggage" in ours) == with_baggage
+
+
+def test_inject_uses_any_other_global_propagator(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Custom(TextMapPropagator):
+        def inject(self, carrier: Any, context: Any = None, setter: Any = None) -> None:
+            carrier["x-custom"] = "yes"
+
+        def extract(self, carrier: Any, context: Any = None, getter: Any = None) -> Any:
+            return context
+
+        @property
+        def fields(self) -> set[str]:
+            return {"x-custom"}
+
+    default = propagate.get_global_textmap()
+    propagate.set_global_textmap(Custom())
+    try:
+        carrier: dict[str, str] = {}
+        telemetry.inject(carrier)
+        assert carrier == {"x-custom": "yes"}
+    finally:
+        propagate.set_global_textmap(default)
+    carrier = {}
+    token = context_api.attach(
+        trace.set_span_in_context(NonRecordingSpan(SpanContext(1, 2, True, TraceFlags(1))))
+    )
+    try:
+        telemetry.inject(carrier)
+    finally:
+        context_api.detach(token)
+    assert carrier == {"traceparent": f"00-{1:032x}-{2:016x}-01"}  # the default again
