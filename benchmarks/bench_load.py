@@ -151,7 +151,20 @@ def run_step(stack: Stack, rate: int, workers: int, run_dir: Path) -> dict[str, 
     periods = max(1, int((end - start) // pace_s))
     end = start + periods * pace_s
     achieved = sum(1 for t in paid_at if start <= t <= end) / (end - start)
-    t0, t1, cpu = window_delta(samples, start, end)  # CPU: between the samples inside
+    try:
+        t0, t1, cpu = window_delta(samples, start, end)  # CPU: between the samples inside
+    except ValueError as exc:
+        # Locust's first order came so late that the window reaches past its run (a slow
+        # start on a busy machine): not a measurement of the stack; retried like a short step
+        sampled = f"{samples[0][0] - load_start:.1f}..{samples[-1][0] - load_start:.1f} s"
+        return {
+            "target": rate,
+            "users": users,
+            "problem": f"{exc} (Locust sampled {sampled} after its first order)",
+            "cpu_warning": bool(progress.get("cpu_warning")),
+            "sustained": False,
+            "measured": False,
+        }
     journeys = sum(1 for t in paid_at if t0 <= t <= t1)
     locust_cpu = sum(v for name, v in cpu.items() if name.startswith("locust:"))
     stack_cpu = sum(v for name, v in cpu.items() if name in pids)
@@ -174,6 +187,8 @@ def _limit(steps: list[dict[str, Any]]) -> str:
     last = steps[-1] if steps else None
     if last is None or last["sustained"]:
         return "time budget / highest step"
+    if last.get("measured") is False:
+        return f"not measured: {last['problem']}"
     if last["cpu_warning"]:
         return "load generator CPU (Locust warning)"
     return "the stack (no generator CPU warning)"
@@ -204,7 +219,7 @@ def main() -> dict[str, Any]:
             results[f"limited_by_{suffix}"] = _limit(steps)
             measured = [s for s in steps if s["sustained"]] or steps[-1:]
             key = "locust_cpu_ms_per_journey" + ("" if workers == 1 else f"_{suffix}")
-            results[key] = measured[-1]["locust_cpu_ms_per_journey"] if measured else None
+            results[key] = measured[-1].get("locust_cpu_ms_per_journey") if measured else None
             results[f"steps_{suffix}"] = steps
     one, two = results["max_journeys_per_s_1_worker"], results["max_journeys_per_s_2_workers"]
     results["workers_2_over_1"] = round(two / one, 2) if one else None

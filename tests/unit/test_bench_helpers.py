@@ -181,6 +181,17 @@ def test_window_delta_takes_the_samples_inside_the_window() -> None:
         window_delta(samples, 10.5, 10.55)
 
 
+def test_a_step_that_could_not_be_measured_is_named_as_the_limit_not_the_stack() -> None:
+    from benchmarks.bench_load import _limit
+
+    unmeasured = {"target": 80, "sustained": False, "measured": False, "cpu_warning": False,
+                  "problem": "fewer than two CPU samples between 1.00 and 7.00"}  # fmt: skip
+    stack_bound = {"target": 80, "sustained": False, "cpu_warning": False}
+    assert _limit([unmeasured]) == f"not measured: {unmeasured['problem']}"
+    assert _limit([stack_bound]) == "the stack (no generator CPU warning)"
+    assert _limit([{**stack_bound, "cpu_warning": True}]).startswith("load generator CPU")
+
+
 def test_a_journey_counts_once_paid_and_seen_paid() -> None:
     from benchmarks.bench_load import journey_times
 
