@@ -15,7 +15,8 @@ processor is added (tests, benchmarks):
   (default) or `grpc` (needs the opentelemetry-exporter-otlp-proto-grpc package).
 - the endpoint, headers, timeout, sampler (OTEL_TRACES_SAMPLER) and batch settings are read
   by the SDK itself.  The http/protobuf exporter is the SDK's with a faster encoder of the
-  same bytes (services/common/otlp.py).
+  same bytes (services/common/otlp.py); the spans come from services/common/tracer.py (the
+  SDK's spans, configured by the same variables, for less CPU).
 A value this module cannot honour is a `TelemetryConfigError` naming the variable, at startup.
 With tracing off no span objects exist: the incoming `traceparent` is only remembered, so
 stored records, log lines and calls to peers still carry the caller's trace id.
@@ -301,11 +302,18 @@ def exemplar_for(span: Span | None = None) -> dict[str, str] | None:
     return None
 
 
+# (service, peer, method, status) -> its histogram child: `labels()` looks it up under a lock
+# each time; peers, methods and statuses are few, so this stays small
+_client_latency: dict[tuple[str, str, str, str], Any] = {}
+
+
 def observe_client(peer: str, method: str, status: int | None, seconds: float) -> None:
     """Client-side latency of one call to `peer`; status None = transport error."""
-    CLIENT_REQUEST_SECONDS.labels(
-        _service, peer, method, "error" if status is None else str(status)
-    ).observe(seconds, exemplar=exemplar_for() if _tracing else None)
+    key = (_service, peer, method, "error" if status is None else str(status))
+    child = _client_latency.get(key)
+    if child is None:
+        child = _client_latency[key] = CLIENT_REQUEST_SECONDS.labels(*key)
+    child.observe(seconds, exemplar=exemplar_for() if _tracing else None)
 
 
 @dataclass(frozen=True)
