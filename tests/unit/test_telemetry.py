@@ -636,28 +636,6 @@ def test_idle_sweep_makes_no_span_and_a_sweep_that_cancels_makes_one(
     assert span.start_time <= span.end_time
 
 
-def test_own_attributes_skip_the_sdk_cleaning_only_where_the_span_limits_keep_them() -> None:
-    from opentelemetry.sdk.trace import SpanLimits, TracerProvider
-
-    attributes = {"url.path": "/orders/o-1", "http.response.status_code": 201}
-    roomy = TracerProvider().get_tracer("t").start_span("roomy")
-    telemetry._set_own_attributes(roomy, attributes)
-    tight = TracerProvider(span_limits=SpanLimits(max_span_attribute_length=4)).get_tracer("t")
-    truncated = tight.start_span("tight")
-    telemetry._set_own_attributes(truncated, attributes)
-    few = TracerProvider(span_limits=SpanLimits(max_span_attributes=1)).get_tracer("t")
-    dropped = few.start_span("few")
-    telemetry._set_own_attributes(dropped, attributes)
-    for span in (roomy, truncated, dropped):
-        span.end()
-    assert dict(roomy.attributes or {}) == attributes
-    assert dict(truncated.attributes or {}) == {
-        "url.path": "/ord", "http.response.status_code": 201,
-    }
-    assert dict(dropped.attributes or {}) == {"http.response.status_code": 201}
-    assert (roomy.dropped_attributes, dropped.dropped_attributes) == (0, 1)
-
-
 @pytest.mark.parametrize(
     "parent",
     [
