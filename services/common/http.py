@@ -105,18 +105,23 @@ class ServiceClient:
         if json is not None:
             content = jsonlib.dumps(json, separators=(",", ":")).encode()
             headers = {**_JSON_HEADERS, **(headers or {})}
-        with telemetry.client_span(self._target, method, path) as span:
-            carrier = telemetry.outgoing_headers(headers)
-            started = time.perf_counter()
-            try:
-                response = await self._send(method, path, content, carrier)
-            except PeerError as exc:
-                observe_client(self.peer, method, None, time.perf_counter() - started)
-                telemetry.client_span_failed(span, exc.__cause__ or exc)
-                raise
-            observe_client(self.peer, method, response.status_code, time.perf_counter() - started)
+        span = telemetry.start_client_span(self._target, method, path)
+        carrier = telemetry.outgoing_headers(headers, span)
+        started = time.perf_counter()
+        try:
+            response = await self._send(method, path, content, carrier)
+        except PeerError as exc:
+            observe_client(self.peer, method, None, time.perf_counter() - started, span)
+            telemetry.client_span_failed(span, exc.__cause__ or exc)
+            raise
+        else:
+            elapsed = time.perf_counter() - started
+            observe_client(self.peer, method, response.status_code, elapsed, span)
             telemetry.client_span_answered(span, response.status_code)
             return response
+        finally:
+            if span is not None:
+                span.end()
 
     async def _send(
         self, method: str, path: str, content: bytes | None, headers: dict[str, str]

@@ -32,6 +32,8 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanKind
 from opentelemetry.trace.span import SpanContext
 
+from services.common.tracer import LeanSpan
+
 _logger = logging.getLogger(__name__)
 _sdk_logger = logging.getLogger("opentelemetry.exporter.otlp.proto.http.trace_exporter")
 
@@ -139,9 +141,11 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
     left out, as the SDK's `_encode_attributes` does."""
     if not attributes:
         return b""
-    # a span's attributes are a mapping proxy of BoundedAttributes: its copy() is a plain dict
-    copy = getattr(attributes, "copy", None)
-    items = (copy() if copy is not None else attributes).items()
+    if type(attributes) is dict:  # an ended LeanSpan's own: nothing changes it any more
+        items = attributes.items()
+    else:  # the SDK's: a mapping proxy of BoundedAttributes, whose copy() is a plain dict
+        copy = getattr(attributes, "copy", None)
+        items = (copy() if copy is not None else attributes).items()
     parts = []
     for key, value in items:
         cache = _PAIRS.get(type(value))  # the hit inlined: most attributes repeat
@@ -167,10 +171,36 @@ _STATUS_CODE_ONLY = {code: _delimited(b"\x7a", _uint(b"\x18", code)) for code in
 
 
 def _span(span: ReadableSpan) -> bytes:
-    context = span.get_span_context()
+    if type(span) is LeanSpan:  # its fields as they are: no property calls, no copies
+        return _encode_span(
+            span._context, span._parent, span._name, span._kind, span._start_time,
+            span._end_time, span._attributes, span._dropped_attributes, span._events,
+            span._dropped_events, span._links, span._dropped_links, span._status,
+        )  # fmt: skip
+    return _encode_span(
+        span.get_span_context(), span.parent, span.name, span.kind, span.start_time,
+        span.end_time, span.attributes, span.dropped_attributes, span.events,
+        span.dropped_events, span.links, span.dropped_links, span.status,
+    )  # fmt: skip
+
+
+def _encode_span(
+    context: SpanContext | None,
+    parent: SpanContext | None,
+    name: str,
+    kind: SpanKind,
+    start: int | None,
+    end: int | None,
+    attributes: Mapping[str, Any] | None,
+    dropped_attributes: int,
+    events: Sequence[Any],
+    dropped_events: int,
+    links: Sequence[Any],
+    dropped_links: int,
+    status: Any,
+) -> bytes:
     if context is None:  # the SDK's encoder fails the batch on it too
-        raise ValueError(f"span {span.name!r} has no span context")
-    parent = span.parent
+        raise ValueError(f"span {name!r} has no span context")
     parts = [
         b"\x0a\x10"
         + context.trace_id.to_bytes(16, "big")
@@ -182,30 +212,28 @@ def _span(span: ReadableSpan) -> bytes:
         parts.append(_string(b"\x1a", ",".join([f"{k}={v}" for k, v in trace_state.items()])))
     if parent:
         parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
-    name = span.name
     name_field = _NAMES.get(name)
     if name_field is None:
         if len(_NAMES) >= _NAMES_KEPT:
             _NAMES.clear()
         name_field = _NAMES[name] = _string(b"\x2a", name)
     parts.append(name_field)
-    parts.append(_KIND[span.kind])
-    if start := span.start_time:
+    parts.append(_KIND[kind])
+    if start:
         parts.append(b"\x39" + _pack_fixed64(start))
-    if end := span.end_time:
+    if end:
         parts.append(b"\x41" + _pack_fixed64(end))
-    parts.append(_attributes(b"\x4a", span.attributes))
-    if dropped := span.dropped_attributes:
-        parts.append(b"\x50" + _varint(dropped))
-    for event in span.events:
+    parts.append(_attributes(b"\x4a", attributes))
+    if dropped_attributes:
+        parts.append(b"\x50" + _varint(dropped_attributes))
+    for event in events:
         parts.append(_delimited(b"\x5a", _event(event)))
-    if dropped := span.dropped_events:
-        parts.append(b"\x60" + _varint(dropped))
-    for link in span.links:
+    if dropped_events:
+        parts.append(b"\x60" + _varint(dropped_events))
+    for link in links:
         parts.append(_delimited(b"\x6a", _link(link)))
-    if dropped := span.dropped_links:
-        parts.append(b"\x70" + _varint(dropped))
-    status = span.status
+    if dropped_links:
+        parts.append(b"\x70" + _varint(dropped_links))
     if status is not None:
         code = status.status_code.value
         if status.description:

@@ -38,6 +38,7 @@ import logging
 import os
 import sys
 import time
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
@@ -60,6 +61,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.samples import Exemplar
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.settings import SettingsError
@@ -94,7 +96,6 @@ _tracing = False  # spans are recorded: an exporter or an extra span processor i
 _log_every_request = False
 # with tracing off: the caller's W3C traceparent, passed on unchanged (as the OTel no-op API does)
 _incoming_traceparent: ContextVar[str | None] = ContextVar("incoming_traceparent", default=None)
-_NO_SPAN: AbstractContextManager[Any] = nullcontext(None)
 _client_tracer = trace.get_tracer("chaosbed.http")
 
 
@@ -294,25 +295,61 @@ def exemplar_for(span: Span | None = None) -> dict[str, str] | None:
     """The trace-id exemplar of `span` (default: the active one), only when it is sampled.
 
     An unsampled trace never reaches Jaeger, so linking to it from a metric would dangle.
+    The last trace's labels are kept: a request's server and client observations share them.
     """
-    ctx = (span or trace.get_current_span()).get_span_context()
+    ctx = (trace.get_current_span() if span is None else span).get_span_context()
     if ctx.is_valid and ctx.trace_flags.sampled:
-        return {"trace_id": format(ctx.trace_id, "032x")}
+        trace_id = ctx.trace_id
+        if _last_exemplar[0] != trace_id:
+            _last_exemplar[:] = [trace_id, {"trace_id": format(trace_id, "032x")}]
+        return _last_exemplar[1]
     return None
+
+
+_last_exemplar: list[Any] = [None, None]  # [trace id, its exemplar labels]
+
+
+class _HistogramChild:
+    """A labelled child of a prometheus_client Histogram, observed as its `observe` does it
+    (the sum, then the first bucket whose bound is not below the amount, and that bucket's
+    exemplar), with a bisection instead of a scan of the bounds and without the exemplar
+    check: the services' exemplars are `exemplar_for`'s trace id (40 runes, within
+    OpenMetrics' 128).  tests/unit/test_telemetry.py compares the exposition with `observe`'s."""
+
+    __slots__ = ("buckets", "bounds", "child", "sum")
+
+    def __init__(self, child: Any) -> None:
+        self.child = child
+        self.bounds: list[float] = child._upper_bounds
+        self.buckets: list[Any] = child._buckets
+        self.sum: Any = child._sum
+
+    def observe(self, amount: float, exemplar: dict[str, str] | None) -> None:
+        if amount != amount:  # NaN: `observe` counts it in no bucket
+            self.child.observe(amount, exemplar)
+            return
+        self.sum.inc(amount)
+        bucket = self.buckets[bisect_left(self.bounds, amount)]
+        bucket.inc(1)
+        if exemplar:
+            bucket.set_exemplar(Exemplar(exemplar, amount, time.time()))
 
 
 # (service, peer, method, status) -> its histogram child: `labels()` looks it up under a lock
 # each time; peers, methods and statuses are few, so this stays small
-_client_latency: dict[tuple[str, str, str, str], Any] = {}
+_client_latency: dict[tuple[str, str, str, str], _HistogramChild] = {}
 
 
-def observe_client(peer: str, method: str, status: int | None, seconds: float) -> None:
-    """Client-side latency of one call to `peer`; status None = transport error."""
+def observe_client(
+    peer: str, method: str, status: int | None, seconds: float, span: Span | None = None
+) -> None:
+    """Client-side latency of one call to `peer`; status None = transport error.  The
+    exemplar is `span`'s trace (the call's CLIENT span), else the active span's."""
     key = (_service, peer, method, "error" if status is None else str(status))
     child = _client_latency.get(key)
     if child is None:
-        child = _client_latency[key] = CLIENT_REQUEST_SECONDS.labels(*key)
-    child.observe(seconds, exemplar=exemplar_for() if _tracing else None)
+        child = _client_latency[key] = _HistogramChild(CLIENT_REQUEST_SECONDS.labels(*key))
+    child.observe(seconds, exemplar_for(span) if _tracing else None)
 
 
 @dataclass(frozen=True)
@@ -335,29 +372,12 @@ class Peer:
         return cls(name, base_url.rstrip("/"), parts.hostname, port if parts.hostname else None)
 
 
-class _CurrentClientSpan:
-    """`span` current while a call runs, ended after it (what `start_as_current_span` with
-    record_exception and set_status_on_exception off does, without its two generators)."""
-
-    __slots__ = ("span", "token")
-
-    def __init__(self, span: Span) -> None:
-        self.span = span
-        self.token: object = None
-
-    def __enter__(self) -> Span:
-        self.token = context_api.attach(trace.set_span_in_context(self.span))
-        return self.span
-
-    def __exit__(self, *exc_info: object) -> None:
-        context_api.detach(self.token)  # type: ignore[arg-type]
-        self.span.end()
-
-
-def client_span(peer: Peer, method: str, path: str) -> AbstractContextManager[Span | None]:
-    """The CLIENT span of one call to a peer, current while it runs; None when not tracing."""
+def start_client_span(peer: Peer, method: str, path: str) -> Span | None:
+    """The CLIENT span of one call to a peer, a child of the active span; None when not
+    tracing.  The caller ends it.  It is not made the active span: nothing that runs during
+    a call reads the context, and `outgoing_headers` and `observe_client` are given it."""
     if not _tracing:
-        return _NO_SPAN
+        return None
     known = method if method in _KNOWN_METHODS else "_OTHER"
     attributes: dict[str, Any] = {
         "http.request.method": known,
@@ -370,14 +390,13 @@ def client_span(peer: Peer, method: str, path: str) -> AbstractContextManager[Sp
         attributes["server.port"] = peer.port
     if known != method:
         attributes["http.request.method_original"] = method
-    span = _client_tracer.start_span(
+    return _client_tracer.start_span(
         known if known != "_OTHER" else "HTTP",
         kind=SpanKind.CLIENT,
         attributes=attributes,
         record_exception=False,
         set_status_on_exception=False,
     )
-    return _CurrentClientSpan(span)
 
 
 def client_span_answered(span: Span | None, status: int) -> None:
@@ -421,18 +440,19 @@ def _default_textmap(textmap: object) -> W3CBaggagePropagator | None:
 _known_textmap: list[Any] = [None, None]  # [the global textmap seen, its baggage half or None]
 
 
-def inject(carrier: dict[str, str]) -> None:
-    """`propagate.inject(carrier)`: with the default propagators, the traceparent and
-    tracestate written straight from the current span (what TraceContextTextMapPropagator
-    writes, without its setter and context lookups twice over); any other textmap as it is."""
+def inject(carrier: dict[str, str], span: Span | None = None) -> None:
+    """`propagate.inject(carrier)` with `span` as the active span (default: the active one).
+    With the default propagators, the traceparent and tracestate are written straight from
+    the span (what TraceContextTextMapPropagator writes, without its setter and context
+    lookups twice over); any other textmap is used as it is, given a context holding `span`."""
     textmap = propagate.get_global_textmap()
     if _known_textmap[0] is not textmap:
         _known_textmap[:] = [textmap, _default_textmap(textmap)]
     baggage = _known_textmap[1]
     if baggage is None:
-        propagate.inject(carrier)
+        propagate.inject(carrier, None if span is None else trace.set_span_in_context(span))
         return
-    span_context = trace.get_current_span().get_span_context()
+    span_context = (trace.get_current_span() if span is None else span).get_span_context()
     if span_context != trace.INVALID_SPAN_CONTEXT:
         carrier["traceparent"] = (
             f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}"
@@ -440,15 +460,15 @@ def inject(carrier: dict[str, str]) -> None:
         )
         if span_context.trace_state:
             carrier["tracestate"] = span_context.trace_state.to_header()
-    baggage.inject(carrier)
+    baggage.inject(carrier)  # the active context's baggage, whatever the span
 
 
-def outgoing_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
-    """`headers` plus the W3C context for a call to a peer (the current span, or the caller's
-    traceparent passed on when not tracing)."""
+def outgoing_headers(headers: Mapping[str, str] | None, span: Span | None = None) -> dict[str, str]:
+    """`headers` plus the W3C context for a call to a peer: `span`'s (the call's CLIENT span)
+    or the active span's, or the caller's traceparent passed on when not tracing."""
     carrier = dict(headers) if headers else {}
     if _tracing:
-        inject(carrier)
+        inject(carrier, span)
     elif (traceparent := _incoming_traceparent.get()) is not None:
         carrier["traceparent"] = traceparent
     return carrier
@@ -554,7 +574,7 @@ class TelemetryMiddleware:
         self.app = app
         self.service = service
         self.tracer = trace.get_tracer(f"chaosbed.{service}")
-        self._latency: dict[tuple[str, str, int], Any] = {}
+        self._latency: dict[tuple[str, str, int], _HistogramChild] = {}
 
     def _observe(
         self, method: str, route: str, status: int, elapsed: float, span: Span | None
@@ -562,10 +582,10 @@ class TelemetryMiddleware:
         key = (method, route, status)
         child = self._latency.get(key)
         if child is None:
-            child = self._latency[key] = REQUEST_SECONDS.labels(
-                self.service, method, route, str(status)
+            child = self._latency[key] = _HistogramChild(
+                REQUEST_SECONDS.labels(self.service, method, route, str(status))
             )
-        child.observe(elapsed, exemplar=None if span is None else exemplar_for(span))
+        child.observe(elapsed, None if span is None else exemplar_for(span))
         if status >= 500:
             REQUEST_ERRORS.labels(self.service, method, route).inc()
 

@@ -34,6 +34,7 @@ from opentelemetry.trace import (
 )
 
 from services.common import otlp
+from services.common.tracer import LeanSpan, LeanTracerProvider
 
 KINDS = list(SpanKind)
 STATUSES = [
@@ -102,10 +103,12 @@ def _context(rng: random.Random, remote: bool) -> SpanContext:
     )
 
 
-def _varied_spans(seed: int, count: int = 60) -> list[ReadableSpan]:
-    """Spans from real SDK tracers: every kind, status, attribute type, events, links
-    (remote and local), remote and local parents, tracestate, dropped counts, several
-    resources (two of them equal but distinct objects) and scopes."""
+def _varied_spans(
+    seed: int, count: int = 60, provider_class: type[Any] = TracerProvider
+) -> list[ReadableSpan]:
+    """Spans from real SDK tracers (or the services' lean ones): every kind, status,
+    attribute type, events, links (remote and local), remote and local parents, tracestate,
+    dropped counts, several resources (two of them equal but distinct objects) and scopes."""
     rng = random.Random(seed)
     exporter = InMemorySpanExporter()
     limits = SpanLimits(
@@ -129,7 +132,7 @@ def _varied_spans(seed: int, count: int = 60) -> list[ReadableSpan]:
     ]
     tracers = []
     for resource in resources:
-        provider = TracerProvider(resource=resource, span_limits=limits, sampler=ALWAYS_ON)
+        provider = provider_class(resource=resource, span_limits=limits, sampler=ALWAYS_ON)
         provider.add_span_processor(SimpleSpanProcessor(exporter))
         tracers += [
             provider.get_tracer("chaosbed.order"),
@@ -190,6 +193,17 @@ def test_the_encoder_makes_the_sdk_encoders_bytes(seed: int) -> None:
     _assert_same_bytes(spans)
     _assert_same_bytes(spans[:1])
     _assert_same_bytes(spans[::-1])
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_the_services_lean_spans_encode_as_the_sdk_encodes_them(seed: int) -> None:
+    """A LeanSpan is read from its fields, not through ReadableSpan's properties: the same
+    bytes, alone and mixed in one batch with the SDK's spans."""
+    lean = _varied_spans(seed, provider_class=LeanTracerProvider)
+    assert lean and all(type(span) is LeanSpan for span in lean)
+    _assert_same_bytes(lean)
+    mixed = [span for pair in zip(lean, _varied_spans(seed), strict=True) for span in pair]
+    _assert_same_bytes(mixed)
 
 
 def test_an_empty_batch_and_hand_made_spans_match_too() -> None:

@@ -6,7 +6,9 @@ import asyncio
 import io
 import json
 import logging
+import math
 import os
+import random
 import subprocess
 import sys
 import time
@@ -31,6 +33,7 @@ from opentelemetry.trace import (
     TraceFlags,
     TraceState,
 )
+from prometheus_client import CollectorRegistry, Histogram
 
 from services.common import otlp, telemetry
 
@@ -696,3 +699,34 @@ def test_inject_uses_any_other_global_propagator(monkeypatch: pytest.MonkeyPatch
     finally:
         context_api.detach(token)
     assert carrier == {"traceparent": f"00-{1:032x}-{2:016x}-01"}  # the default again
+
+
+def _histogram_samples(histogram: Histogram) -> list[tuple[str, dict[str, str], float, Any]]:
+    """Every sample of `histogram` with its exemplar (labels and value; not its time)."""
+    return [
+        (
+            sample.name.removeprefix("fast_").removeprefix("stock_"),
+            sample.labels,
+            "nan" if math.isnan(sample.value) else sample.value,
+            None if sample.exemplar is None else (sample.exemplar.labels, sample.exemplar.value),
+        )
+        for metric in histogram.collect()
+        for sample in metric.samples
+    ]
+
+
+def test_the_fast_histogram_observe_counts_what_observe_counts() -> None:
+    registry = CollectorRegistry()
+    buckets = (0.002, 0.005, 0.01, 0.25, 1.0)
+    stock = Histogram("stock_seconds", "h", ["peer"], buckets=buckets, registry=registry)
+    fast = Histogram("fast_seconds", "h", ["peer"], buckets=buckets, registry=registry)
+    fast_child = telemetry._HistogramChild(fast.labels("inventory"))
+    rng = random.Random(7)
+    amounts = [0.0, -1.0, 0.002, 0.005, 0.0050001, 1.0, 1.5, math.inf, math.nan]
+    amounts += [rng.choice([rng.random() * 0.02, rng.random() * 2]) for _ in range(400)]
+    for n, amount in enumerate(amounts):
+        exemplar = None if n % 3 == 0 else {"trace_id": f"{n:032x}"}
+        stock.labels("inventory").observe(amount, exemplar)
+        fast_child.observe(amount, exemplar)
+    assert _histogram_samples(fast) == _histogram_samples(stock)
+    assert any(sample[3] is not None for sample in _histogram_samples(fast))
