@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from opentelemetry.exporter.otlp.proto.http._common import (
@@ -141,6 +141,7 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
     left out, as the SDK's `_encode_attributes` does."""
     if not attributes:
         return b""
+    items: Iterable[tuple[str, Any]]
     if type(attributes) is dict:  # an ended LeanSpan's own: nothing changes it any more
         items = attributes.items()
     else:  # the SDK's: a mapping proxy of BoundedAttributes, whose copy() is a plain dict

@@ -29,6 +29,7 @@ import logging
 import random
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
+from functools import partial
 from time import time_ns
 from typing import Any, cast
 
@@ -47,6 +48,7 @@ from opentelemetry.semconv.attributes.exception_attributes import (
     EXCEPTION_TYPE,
 )
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE as _NO_STATE
 from opentelemetry.trace.span import TraceState
 from opentelemetry.util import types
 from opentelemetry.util._decorator import _agnosticcontextmanager
@@ -61,6 +63,7 @@ _RANDOM: int = getattr(TraceFlags, "RANDOM_TRACE_ID", 0)
 _DEFAULT_SAMPLER = ParentBased(ALWAYS_ON).get_description()
 _getrandbits = random.getrandbits
 _current_span = trace_api.get_current_span
+_span_context = cast(Any, partial(tuple.__new__, SpanContext))
 
 
 class LeanSpan(trace_api.Span, ReadableSpan):
@@ -170,6 +173,10 @@ class LeanSpan(trace_api.Span, ReadableSpan):
             elif kind is not int and kind is not bool:
                 break
         else:  # nothing for the SDK's cleaning to change (the services' own attributes)
+            maxlen = limits.max_span_attributes
+            if not self._attributes and (maxlen is None or len(attributes) <= maxlen):
+                self._attributes.update(attributes)  # what _store would do, item by item
+                return
             for key, value in attributes.items():
                 self._store(key, value)
             return
@@ -376,10 +383,22 @@ class LeanTracer(trace_api.Tracer):
         flags = _SAMPLED if sampled else _NOT_SAMPLED
         if random_id and _RANDOM:
             flags = TraceFlags(flags | _RANDOM)
-        span_context = SpanContext(
-            trace_id, provider.new_span_id(), is_remote=False, trace_flags=flags,
-            trace_state=trace_state,
-        )  # fmt: skip
+        if provider.fast_ids:  # valid ids by construction: SpanContext without its checks
+            span_context = _span_context(
+                (
+                    trace_id,
+                    provider.new_span_id(),
+                    False,
+                    flags,
+                    _NO_STATE if trace_state is None else trace_state,
+                    True,
+                )
+            )
+        else:
+            span_context = SpanContext(
+                trace_id, provider.new_span_id(), is_remote=False, trace_flags=flags,
+                trace_state=trace_state,
+            )  # fmt: skip
         if not recording:
             return trace_api.NonRecordingSpan(context=span_context)
         span = LeanSpan(
@@ -459,7 +478,7 @@ class LeanTracerProvider(trace_api.TracerProvider):
             and self.sampler.get_description() == _DEFAULT_SAMPLER
         )
         self.random_ids = self.id_generator.is_trace_id_random()
-        fast_ids = type(self.id_generator) is RandomIdGenerator
+        self.fast_ids = fast_ids = type(self.id_generator) is RandomIdGenerator
         self.new_trace_id = _random_trace_id if fast_ids else self.id_generator.generate_trace_id
         self.new_span_id = _random_span_id if fast_ids else self.id_generator.generate_span_id
         self._processors: list[SpanProcessor] = []

@@ -20,7 +20,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.id_generator import IdGenerator
+from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     ALWAYS_ON,
@@ -236,6 +236,15 @@ def _without_tracer_frames(spans: list[Any]) -> list[Any]:
     return spans
 
 
+def _ids(seed: int, config: dict[str, Any]) -> IdGenerator:
+    """Seeded ids: the SDK's own generator on a reseeded `random` (the lean tracer makes its
+    ids inline then), or SeededIds."""
+    if config.pop("sdk_ids", False):
+        random.seed(seed)
+        return RandomIdGenerator()
+    return SeededIds(seed, random_ids=config.pop("random_ids", True))
+
+
 def _run(
     make: Callable[..., Any], seed: int, monkeypatch: pytest.MonkeyPatch, **config: Any
 ) -> Made:
@@ -245,7 +254,7 @@ def _run(
     exporter = InMemorySpanExporter()
     provider = make(
         resource=Resource.create({"service.name": "order"}),
-        id_generator=SeededIds(seed, random_ids=config.pop("random_ids", True)),
+        id_generator=_ids(seed, config),
         shutdown_on_exit=False,
         **config,
     )
@@ -290,6 +299,11 @@ CONFIGS: dict[str, dict[str, Any]] = {
         )  # fmt: skip
     },
     "ids not random": {"random_ids": False},
+    "the sdk's id generator": {"sdk_ids": True},
+    "the sdk's id generator, tight limits": {
+        "sdk_ids": True,
+        "span_limits": SpanLimits(max_span_attributes=2, max_span_attribute_length=3),
+    },
     "always off": {"sampler": ALWAYS_OFF},
     "always on": {"sampler": ALWAYS_ON},
     "ratio": {"sampler": TraceIdRatioBased(0.5)},
@@ -321,6 +335,39 @@ def test_lean_spans_are_the_sdks_spans(
         assert (lean.dropped_attributes, lean.dropped_events, lean.dropped_links) == (
             sdk.dropped_attributes, sdk.dropped_events, sdk.dropped_links)  # fmt: skip
     assert sorted(set(lean_warnings)) == sorted(set(sdk_warnings))
+
+
+@pytest.mark.parametrize("limit", [None, 0, 2, 5])
+def test_clean_attributes_past_the_limit_drop_the_oldest_as_the_sdk_does(
+    limit: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The services' own attributes (str, int, bool) take a fast path into a fresh span."""
+    clean = {"a": "x", "b": 1, "c": True, "d": "yyyy", "e": 2**40}
+    encoded = []
+    for make in (TracerProvider, LeanTracerProvider):
+        clock = Clock()
+        monkeypatch.setattr(sdk_trace, "time_ns", clock)
+        monkeypatch.setattr(tracer, "time_ns", clock)
+        exporter = InMemorySpanExporter()
+        provider = make(
+            span_limits=SpanLimits(max_span_attributes=limit),
+            id_generator=SeededIds(3, random_ids=True),
+            shutdown_on_exit=False,
+        )
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        tracer_ = provider.get_tracer("t")
+        tracer_.start_span("at start", attributes=clean).end()
+        later = tracer_.start_span("later")
+        later.set_attributes(clean)
+        later.set_attributes({"f": "z"})
+        later.end()
+        spans = list(exporter.get_finished_spans())
+        encoded.append(sdk_encode(spans).SerializeToString())
+        counts = [(dict(span.attributes), span.dropped_attributes) for span in spans]
+        if make is TracerProvider:
+            expected = counts
+    assert counts == expected
+    assert encoded[0] == encoded[1]
 
 
 def test_a_sampled_remote_parent_is_continued_and_its_trace_state_kept() -> None:
