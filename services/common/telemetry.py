@@ -295,18 +295,19 @@ def exemplar_for(span: Span | None = None) -> dict[str, str] | None:
     """The trace-id exemplar of `span` (default: the active one), only when it is sampled.
 
     An unsampled trace never reaches Jaeger, so linking to it from a metric would dangle.
-    The last trace's labels are kept: a request's server and client observations share them.
+    The last trace's labels are kept (shared: not to be changed): a request's server and
+    client observations share them.
     """
     ctx = (trace.get_current_span() if span is None else span).get_span_context()
     if ctx.is_valid and ctx.trace_flags.sampled:
-        trace_id = ctx.trace_id
-        if _last_exemplar[0] != trace_id:
-            _last_exemplar[:] = [trace_id, {"trace_id": format(trace_id, "032x")}]
-        return _last_exemplar[1]
+        last = _last_exemplar[0]  # read once: a thread's update cannot mix two traces
+        if last[0] != ctx.trace_id:
+            last = _last_exemplar[0] = (ctx.trace_id, {"trace_id": format(ctx.trace_id, "032x")})
+        return last[1]
     return None
 
 
-_last_exemplar: list[Any] = [None, None]  # [trace id, its exemplar labels]
+_last_exemplar: list[tuple[int, dict[str, str]]] = [(0, {})]  # (trace id, its exemplar labels)
 
 
 class _HistogramChild:
