@@ -54,12 +54,24 @@ HEALTH_TIMEOUT_S = 30.0
 # thread per core (benchmarks/bench_flow.py, docs/perf.md), and a fraction of a core is all
 # it uses at the stack's peak
 TOXIPROXY_GOMAXPROCS = "1"
+# Go's sysmon thread sleeps deeply whenever the one P is idle, and every system call after
+# that wakes it: two extra context switches each time a quiet proxy gets a request, 40 % of
+# Toxiproxy's CPU per journey here. sysmon never sleeps deeply while a scheduler trace is on
+# (runtime/proc.go, sysmon), so ask for one every 2^31-1 ms (24.8 days of uptime: a host up
+# longer than that writes one "SCHED" line to toxiproxy.log as the proxy starts, and one
+# every 24.8 days after). Idle, sysmon then wakes every 10 ms: 0.2 % of a core.
+TOXIPROXY_GODEBUG = "schedtrace=2147483647"
 STOP_GRACE_S = 5.0
 
 
 def toxiproxy_env(environ: Mapping[str, str]) -> dict[str, str]:
-    """The environment of toxiproxy-server: `environ` with GOMAXPROCS=1 unless it sets one."""
-    return {"GOMAXPROCS": TOXIPROXY_GOMAXPROCS, **environ}
+    """The environment of toxiproxy-server: `environ` with GOMAXPROCS=1 unless it sets one,
+    and its GODEBUG with TOXIPROXY_GODEBUG added unless it sets `schedtrace` itself."""
+    env = {"GOMAXPROCS": TOXIPROXY_GOMAXPROCS, **environ}
+    godebug = [item for item in env.get("GODEBUG", "").split(",") if item.strip()]
+    if not any(item.strip().startswith("schedtrace=") for item in godebug):
+        env["GODEBUG"] = ",".join([*godebug, TOXIPROXY_GODEBUG])
+    return env
 
 
 class StackError(RuntimeError):

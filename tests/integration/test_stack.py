@@ -166,11 +166,26 @@ def test_toxiproxy_runs_its_go_scheduler_on_one_thread(shared_stack: Stack) -> N
         if "=" in item
     )
     assert environ.get("GOMAXPROCS") == os.environ.get("GOMAXPROCS", "1")
+    assert environ.get("GODEBUG") == toxiproxy_env(os.environ)["GODEBUG"]
+    assert "schedtrace=" in environ["GODEBUG"]
 
 
 def test_toxiproxy_env_keeps_a_gomaxprocs_the_user_set() -> None:
-    assert toxiproxy_env({"PATH": "/bin"}) == {"PATH": "/bin", "GOMAXPROCS": "1"}
-    assert toxiproxy_env({"GOMAXPROCS": "2"}) == {"GOMAXPROCS": "2"}
+    assert toxiproxy_env({"PATH": "/bin"}) == {
+        "PATH": "/bin", "GOMAXPROCS": "1", "GODEBUG": "schedtrace=2147483647",
+    }
+    assert toxiproxy_env({"GOMAXPROCS": "2"})["GOMAXPROCS"] == "2"
+
+
+def test_toxiproxy_env_adds_the_sysmon_setting_to_a_godebug_the_user_set() -> None:
+    assert toxiproxy_env({"GODEBUG": "madvdontneed=1"})["GODEBUG"] == (
+        "madvdontneed=1,schedtrace=2147483647"
+    )
+    assert toxiproxy_env({"GODEBUG": ""})["GODEBUG"] == "schedtrace=2147483647"
+    # a scheduler trace the user asked for is theirs to keep
+    assert toxiproxy_env({"GODEBUG": "schedtrace=1000,scheddetail=1"})["GODEBUG"] == (
+        "schedtrace=1000,scheddetail=1"
+    )
 
 
 def test_services_are_wired_through_the_proxies(shared_stack: Stack) -> None:
