@@ -192,6 +192,18 @@ def test_a_step_that_could_not_be_measured_is_named_as_the_limit_not_the_stack()
     assert _limit([{**stack_bound, "cpu_warning": True}]).startswith("load generator CPU")
 
 
+def test_a_step_with_every_core_busy_names_the_machine_as_the_limit() -> None:
+    from benchmarks.bench_load import _limit
+
+    short = {"target": 640, "sustained": False, "cpu_warning": False}
+    busy = {**short, "stack_cores": 1.39, "locust_cores": 0.55}
+    assert _limit([busy], cores=2) == "the machine: the stack 1.39 and Locust 0.55 of its 2 cores"
+    spare = {**short, "stack_cores": 0.9, "locust_cores": 0.3}
+    assert _limit([spare], cores=2) == "the stack (no generator CPU warning)"
+    assert _limit([busy], cores=4) == "the stack (no generator CPU warning)"
+    assert _limit([{**busy, "sustained": True}], cores=2) == "time budget / highest step"
+
+
 def test_a_journey_counts_once_paid_and_seen_paid() -> None:
     from benchmarks.bench_load import journey_times
 
