@@ -200,7 +200,7 @@ def _limit(steps: list[dict[str, Any]], cores: int | None = None) -> str:
         return f"not measured: {last['problem']}"
     if last["cpu_warning"]:
         return "load generator CPU (Locust warning)"
-    cores = cores or os.cpu_count() or 1
+    cores = cores or len(os.sched_getaffinity(0))  # the cores this process may run on
     used = last.get("stack_cores", 0.0) + last.get("locust_cores", 0.0)
     if used >= BUSY_MACHINE * cores:
         return (
