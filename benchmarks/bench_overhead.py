@@ -18,6 +18,8 @@ a burst ends with a flush of the spans it queued, so the export's CPU is inside 
   BatchSpanProcessor and the services' OTLP/HTTP exporter (services.common.otlp) whose
   transport answers 200 without a network (the CPU an export costs, minus the POST), RED
   histograms with exemplars, JSON access log;
+- `ours_untraced`: `ours` with no exporter configured, the services' default: RED histograms,
+  the incoming traceparent passed on, no span objects (what the spans cost, over it);
 - `ours_default_gc`: `ours` with CPython's default GC settings (what `tune_gc` saves);
 - `ours_sdk_tracer`: `ours` with the SDK's TracerProvider instead of the services' lean one
   (services/common/tracer.py: what it saves);
@@ -64,7 +66,7 @@ BURST = {"minimal": 500, "order": 80}
 WARMUP = {"minimal": 500, "order": 80}
 PROTOCOL = "@bench "  # the child's answers, among the app's own log lines on stdout
 CONCURRENCY = {"minimal": 1, "order": 16}
-VARIANTS = ("bare", "ours", "ours_default_gc", "ours_sdk_tracer", "stock")
+VARIANTS = ("bare", "ours", "ours_untraced", "ours_default_gc", "ours_sdk_tracer", "stock")
 GOALS = {"order_ours_ratio": 0.90, "minimal_ours_ratio": 0.70}  # ours / bare, wall clock
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -174,7 +176,8 @@ def _build(variant: str, target: str, args: argparse.Namespace) -> Any:
         from services.common import telemetry
 
         telemetry.LeanTracerProvider = TracerProvider  # type: ignore[misc,assignment]  # here only
-    if variant in ("ours_default_gc", "ours_sdk_tracer"):
+    traced = variant != "ours_untraced"
+    if variant in ("ours_untraced", "ours_default_gc", "ours_sdk_tracer"):
         variant = "ours"
     if variant in ("bare", "stock"):
         _stub_telemetry()
@@ -182,7 +185,7 @@ def _build(variant: str, target: str, args: argparse.Namespace) -> Any:
         provider = TracerProvider()
         provider.add_span_processor(_span_processor(variant))
         trace.set_tracer_provider(provider)
-    if variant == "ours":
+    if variant == "ours" and traced:
         from services.common import telemetry
 
         telemetry.configure_tracing(target)
@@ -340,15 +343,27 @@ def _stock_available() -> bool:
 class _Child:
     """One variant's process, driven burst by burst over its stdin and stdout."""
 
-    def __init__(self, variant: str, target: str, workdir: Path, extra: list[str]) -> None:
-        self.name = f"{target}/{variant}"
+    def __init__(
+        self,
+        variant: str,
+        target: str,
+        workdir: Path,
+        extra: list[str],
+        *,
+        wrapper: Sequence[str] = (),
+        label: str = "",
+    ) -> None:
+        """`wrapper`: a command the child runs under (benchmarks.bench_instructions: valgrind);
+        `label`: added to the child's name and log file (several children of one variant)."""
+        self.name = f"{target}/{variant}{label}"
         argv = [
+            *wrapper,
             sys.executable, "-m", "benchmarks.bench_overhead", "--child",
             "--variant", variant, "--target", target, *extra,
         ]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
         env["CHAOSBED_LOG_LEVEL"] = "INFO"
-        self.log = workdir / f"{target}-{variant}.log"
+        self.log = workdir / f"{target}-{variant}{label}.log"
         with self.log.open("wb") as log:
             self.popen = subprocess.Popen(
                 argv, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -372,11 +387,11 @@ class _Child:
         self.popen.stdin.flush()
         return {k: float(v) for k, v in json.loads(self._answer()).items()}
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 30) -> None:
         if self.popen.stdin is not None:
             self.popen.stdin.close()
         try:
-            self.popen.wait(timeout=30)
+            self.popen.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             self.popen.kill()
             self.popen.wait()

@@ -16,7 +16,8 @@ import traceback
 from pathlib import Path
 
 BENCHMARKS = (
-    "bench_overhead", "bench_flow", "bench_history", "bench_load", "bench_audit", "bench_gate",
+    "bench_overhead", "bench_instructions", "bench_flow", "bench_history", "bench_load",
+    "bench_audit", "bench_gate",
 )
 
 

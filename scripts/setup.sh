@@ -59,6 +59,8 @@ command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 # validates docker-compose.yml in the tests (no Docker engine needed for `config`)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+# `make bench` counts the telemetry's instructions under cachegrind (benchmarks/bench_instructions.py)
+command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
 if [ ${#missing[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     say "installing ${missing[*]} (apt-get)"

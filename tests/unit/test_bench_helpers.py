@@ -1,4 +1,5 @@
-"""The helpers the benchmarks compute their figures with: /proc CPU reads, history cloning."""
+"""The helpers the benchmarks compute their figures with: /proc CPU reads, history cloning,
+cachegrind totals."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import history_seed, proc_cpu
+from benchmarks import bench_instructions, history_seed, proc_cpu
 
 # --- /proc/<pid>/stat --------------------------------------------------------------------
 
@@ -220,3 +221,47 @@ def test_a_journey_counts_once_paid_and_seen_paid() -> None:
         rec("pay", "ok", "c", 2.3),  # never seen PAID
     ]
     assert journey_times(history) == (1.0, [2.9])
+
+
+# --- cachegrind totals (bench_instructions) ------------------------------------------------
+
+_CACHEGRIND = """# callgrind format
+version: 1
+creator: valgrind-3.19.0
+pid: 4242
+cmd: python -m benchmarks.bench_overhead --child
+positions: line
+events: {events}
+fl=(1) ceval.c
+fn=(1) _PyEval_EvalFrameDefault
+10 7 1
+summary: {summary}
+"""
+
+
+def test_the_instruction_total_is_read_by_the_events_header(tmp_path: Path) -> None:
+    out = tmp_path / "cachegrind.out"
+    out.write_text(_CACHEGRIND.format(events="I1mr Ir D1mr", summary="31 2478207 5"))
+    assert bench_instructions.read_total(out) == 2478207
+
+
+@pytest.mark.parametrize(
+    ("events", "summary", "problem"),
+    [("Dr Dw", "summary: 1 2", "no Ir among the events"), ("Ir", "", "no summary line")],
+)
+def test_a_cachegrind_file_without_a_total_is_refused(
+    tmp_path: Path, events: str, summary: str, problem: str
+) -> None:
+    out = tmp_path / "cachegrind.out"
+    text = _CACHEGRIND.format(events=events, summary="1 2")
+    out.write_text(text if summary else text.replace("summary: 1 2\n", ""))
+    with pytest.raises(ValueError, match=problem):
+        bench_instructions.read_total(out)
+
+
+def test_instructions_per_request_are_the_difference_over_the_extra_requests() -> None:
+    assert bench_instructions.per_request(1_000_000, 3_000_000, 400) == 5000.0
+    with pytest.raises(ValueError, match="fewer instructions"):
+        bench_instructions.per_request(3_000_000, 1_000_000, 400)
+    with pytest.raises(ValueError, match="at least one request"):
+        bench_instructions.per_request(1, 2, 0)
