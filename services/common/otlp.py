@@ -136,18 +136,42 @@ def _pair(key: str, value: Any) -> bytes:
     return entry
 
 
+# an attribute block already encoded (tag, items) -> its bytes: a span site's attributes
+# mostly repeat whole (the same route, peer and status), so such a span's attributes cost one
+# lookup.  Only blocks whose values are all exactly str or int (not bool, float or a
+# subclass: True == 1 == 1.0) and that encoded without an error are kept.
+_BLOCKS: dict[tuple[bytes, tuple[tuple[str, Any], ...]], bytes] = {}
+_BLOCKS_KEPT = 1024
+
+
 def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
     """Repeated KeyValue fields under `tag`; a value that cannot be encoded is logged and
     left out, as the SDK's `_encode_attributes` does."""
     if not attributes:
         return b""
-    items: Iterable[tuple[str, Any]]
-    if type(attributes) is dict:  # an ended LeanSpan's own: nothing changes it any more
-        items = attributes.items()
-    else:  # the SDK's: a mapping proxy of BoundedAttributes, whose copy() is a plain dict
-        copy = getattr(attributes, "copy", None)
-        items = (copy() if copy is not None else attributes).items()
+    if type(attributes) is not dict:  # the SDK's: a mapping proxy of BoundedAttributes
+        copy = getattr(attributes, "copy", None)  # whose copy() is a plain dict
+        return _encoded_items(tag, (copy() if copy is not None else attributes).items())[0]
+    # an ended LeanSpan's own dict: nothing changes it any more
+    items = tuple(attributes.items())
+    types = tuple(map(type, attributes.values()))
+    if types.count(str) + types.count(int) != len(types):
+        return _encoded_items(tag, items)[0]
+    key = (tag, items)
+    block = _BLOCKS.get(key)
+    if block is None:
+        block, clean = _encoded_items(tag, items)
+        if clean:
+            if len(_BLOCKS) >= _BLOCKS_KEPT:
+                _BLOCKS.clear()
+            _BLOCKS[key] = block
+    return block
+
+
+def _encoded_items(tag: bytes, items: Iterable[tuple[str, Any]]) -> tuple[bytes, bool]:
+    """The fields of `items`, and whether every one of them could be encoded."""
     parts = []
+    clean = True
     for key, value in items:
         cache = _PAIRS.get(type(value))  # the hit inlined: most attributes repeat
         if cache is not None and (entry := cache.get((key, value))) is not None:
@@ -157,7 +181,8 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
             parts.append(tag + _pair(key, value))
         except Exception as error:  # noqa: BLE001 - the SDK's encoder skips any such value
             _logger.exception("Failed to encode key %s: %s", key, error)
-    return b"".join(parts)
+            clean = False
+    return b"".join(parts), clean
 
 
 def _uint(tag: bytes, n: int) -> bytes:

@@ -261,6 +261,46 @@ def test_a_value_the_sdk_cannot_encode_is_left_out_and_logged(
     assert "Failed to encode key too.big" in caplog.text
 
 
+def _lean_spans(attribute_sets: list[dict[str, Any]]) -> list[ReadableSpan]:
+    provider = LeanTracerProvider(shutdown_on_exit=False)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("blocks")
+    for attributes in attribute_sets:
+        tracer.start_span("site", attributes=attributes).end()
+    return list(exporter.get_finished_spans())
+
+
+def test_a_repeated_attribute_block_encodes_as_the_sdk_encodes_it_each_time() -> None:
+    """Blocks of str and int values are kept by their items: a block equal to a kept one but
+    for a value's type (True == 1, 1.0 == 1) is not taken for it."""
+    sets: list[dict[str, Any]] = [
+        {"http.route": "/orders", "server.port": 1},
+        {"http.route": "/orders", "server.port": True},
+        {"http.route": "/orders", "server.port": 1.0},
+        {"server.port": 1, "http.route": "/orders"},  # the same items in another order
+        {"http.route": "/orders", "server.port": 1},
+    ]
+    spans = _lean_spans(sets * 2)
+    for span in spans:  # one by one (each a hit after the first round), then all in one batch
+        _assert_same_bytes([span])
+    _assert_same_bytes(spans)
+
+
+def test_a_block_with_a_value_the_sdk_cannot_encode_is_logged_every_time(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    spans = _lean_spans([{"ok": 1, "too.big": 2**64}])
+    _assert_same_bytes(spans)
+    for _ in range(2):
+        caplog.clear()
+        with caplog.at_level(logging.ERROR):
+            otlp.encode_spans(spans)
+        assert [r.getMessage() for r in caplog.records if r.name == otlp.__name__] == [
+            "Failed to encode key too.big: Value out of range: 18446744073709551616"
+        ]
+
+
 class _Transport(BaseHTTPTransport):
     """Records what an exporter posts and answers `status`."""
 
