@@ -61,6 +61,12 @@ TOXIPROXY_GOMAXPROCS = "1"
 # longer than that writes one "SCHED" line to toxiproxy.log as the proxy starts, and one
 # every 24.8 days after). Idle, sysmon then wakes every 10 ms: 0.2 % of a core.
 TOXIPROXY_GODEBUG = "schedtrace=2147483647"
+# and under SCHED_BATCH: each request wakes the proxy, and a woken proxy used to preempt the
+# service that was running (it sleeps most of the time, so the scheduler favours it): the
+# services then used 15-23 % more CPU per journey behind the proxy than without it. A batch
+# task's wake-ups preempt nothing; it runs when a core is free or at the next tick, which
+# only delays it when every core is busy (docs/decisions.md)
+TOXIPROXY_BATCH_SCHEDULING = True
 STOP_GRACE_S = 5.0
 
 
@@ -307,6 +313,7 @@ class Stack(rundir.Closing):
             env=toxiproxy_env(os.environ),
             log_path=log,
             name="toxiproxy-server",
+            batch_scheduling=TOXIPROXY_BATCH_SCHEDULING,
         )
         self._toxiproxy_child = child
         api = f"http://127.0.0.1:{port}"

@@ -6,13 +6,14 @@ running stack (`Stack.attach`) only has pids, so every operation also works by p
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
@@ -73,8 +74,33 @@ def _die_with_parent() -> None:
         pass
 
 
+def _batch_scheduling() -> None:
+    """In the child: SCHED_BATCH (Linux), inherited by every thread it starts. The kernel then
+    never lets its wake-ups preempt a running task; it runs when a CPU is free or at the next
+    tick. Lowering the policy needs no privilege; where it is refused, the child runs as usual."""
+    policy = getattr(os, "SCHED_BATCH", None)
+    if policy is not None:
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, policy, os.sched_param(0))
+
+
+def _in_child(tie: bool, batch: bool) -> Callable[[], None] | None:
+    if not (tie or batch):
+        return None
+
+    def prepare() -> None:
+        if tie:
+            _die_with_parent()
+        if batch:
+            _batch_scheduling()
+
+    return prepare
+
+
 class Child:
-    """One supervised process in its own session, output appended to a log file."""
+    """One supervised process in its own session, output appended to a log file.
+
+    `batch_scheduling`: run it under SCHED_BATCH (chaosbed.stack: Toxiproxy)."""
 
     def __init__(
         self,
@@ -85,6 +111,7 @@ class Child:
         cwd: Path | None = None,
         die_with_parent: bool = True,
         name: str | None = None,
+        batch_scheduling: bool = False,
     ) -> None:
         self.argv = list(argv)
         self.log_path = log_path
@@ -101,7 +128,7 @@ class Child:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
-                    preexec_fn=_die_with_parent if tie else None,
+                    preexec_fn=_in_child(tie, batch_scheduling),
                 )
             except OSError as exc:
                 raise ProcessError(f"cannot start {self.argv[0]}: {exc}") from exc

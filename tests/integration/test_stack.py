@@ -188,6 +188,37 @@ def test_toxiproxy_env_adds_the_sysmon_setting_to_a_godebug_the_user_set() -> No
     )
 
 
+def _policies(pid: int) -> set[int]:
+    """The scheduling policy of every thread of `pid`."""
+    return {os.sched_getscheduler(int(tid)) for tid in os.listdir(f"/proc/{pid}/task")}
+
+
+def test_a_child_asked_for_batch_scheduling_runs_under_it_and_others_do_not(
+    tmp_path: Path,
+) -> None:
+    batch = process.Child(["sleep", "30"], env=os.environ, log_path=tmp_path / "batch.log",
+                          batch_scheduling=True)  # fmt: skip
+    plain = process.Child(["sleep", "30"], env=os.environ, log_path=tmp_path / "plain.log")
+    try:
+        assert _policies(batch.pid) == {os.SCHED_BATCH}
+        assert _policies(plain.pid) == {os.SCHED_OTHER}
+    finally:
+        batch.kill()
+        plain.kill()
+
+
+def test_toxiproxy_runs_under_batch_scheduling_and_the_services_do_not(
+    shared_stack: Stack,
+) -> None:
+    """Every Toxiproxy thread, the Go runtime's started after exec too, is SCHED_BATCH, so
+    its wake-ups do not preempt the services it forwards to."""
+    toxiproxy = shared_stack.info["toxiproxy"]["pid"]
+    assert len(os.listdir(f"/proc/{toxiproxy}/task")) > 1  # Go's own threads are included
+    assert _policies(toxiproxy) == {os.SCHED_BATCH}
+    for name in SERVICES:
+        assert _policies(shared_stack.pid(name)) == {os.SCHED_OTHER}, name
+
+
 def test_services_are_wired_through_the_proxies(shared_stack: Stack) -> None:
     env = shared_stack.info["service_env"]
     proxies = shared_stack.info["proxies"]
