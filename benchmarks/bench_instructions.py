@@ -8,12 +8,13 @@ after the same warm-up, and the difference of the two processes' totals divided 
 requests is the instructions of one request (start-up, imports and warm-up cancel out; the
 order path's peers, a real direct stack, run natively and are not counted).
 
-Figures per path (`minimal`, `order`) and variant (`bare`, `ours_untraced`, `ours`; see
-bench_overhead): `{path}_{variant}_instructions` per request;
+Figures per path (`minimal`, `order`) and variant (`bare`, `ours_untraced`, `ours_sampled`,
+`ours`; see bench_overhead): `{path}_{variant}_instructions` per request;
 `{path}_ours_instructions_ratio` = bare / ours (the instruction count's counterpart of
-bench_overhead's `{path}_ours_ratio`), `{path}_untraced_instructions_ratio` = bare /
-ours_untraced; `{path}_spans_instructions` = ours - ours_untraced (the spans, their context
-and their export), `{path}_telemetry_instructions` = ours - bare.  Runs with two repeats of a
+bench_overhead's `{path}_ours_ratio`), `{path}_untraced_instructions_ratio` and
+`{path}_sampled_instructions_ratio` = bare / ours_untraced and bare / ours_sampled;
+`{path}_spans_instructions` = ours - ours_untraced (the spans, their context and their
+export), `{path}_telemetry_instructions` = ours - bare.  Runs with two repeats of a
 variant differed by under 1 %.  Without valgrind (`make setup` installs it) the figures are a
 `skipped` line.
 """
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from benchmarks.bench_overhead import BURST, _Child
 
-VARIANTS = ("bare", "ours_untraced", "ours")
+VARIANTS = ("bare", "ours_untraced", "ours_sampled", "ours")
 LOW, HIGH = 1, 6  # bursts after the warm-up, in the two runs of a variant
 PARALLEL = 2  # children under valgrind at once (each is single-threaded in effect)
 EXIT_S = 300  # valgrind writes its counts at exit; a child under it runs ~50x slower
@@ -129,9 +130,10 @@ def main() -> dict[str, object]:
                 for v in VARIANTS:
                     figures[f"{target}_{v}_instructions"] = round(each[v])
                 figures[f"{target}_ours_instructions_ratio"] = round(each["bare"] / each["ours"], 3)
-                figures[f"{target}_untraced_instructions_ratio"] = round(
-                    each["bare"] / each["ours_untraced"], 3
-                )
+                for short in ("untraced", "sampled"):
+                    figures[f"{target}_{short}_instructions_ratio"] = round(
+                        each["bare"] / each[f"ours_{short}"], 3
+                    )
                 spans = each["ours"] - each["ours_untraced"]
                 figures[f"{target}_spans_instructions"] = round(spans)
                 figures[f"{target}_telemetry_instructions"] = round(each["ours"] - each["bare"])

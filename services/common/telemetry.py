@@ -49,6 +49,7 @@ from urllib.parse import urlsplit
 import prometheus_client
 from fastapi import FastAPI
 from fastapi.responses import Response
+from opentelemetry import baggage as baggage_api
 from opentelemetry import context as context_api
 from opentelemetry import propagate, trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
@@ -299,12 +300,17 @@ def exemplar_for(span: Span | None = None) -> dict[str, str] | None:
     client observations share them.
     """
     ctx = (trace.get_current_span() if span is None else span).get_span_context()
-    if ctx.is_valid and ctx.trace_flags.sampled:
+    # the SpanContext tuple by index: (trace id, span id, is remote, flags, trace state, valid)
+    if ctx[5] and ctx[3] & _SAMPLED:
+        trace_id = ctx[0]
         last = _last_exemplar[0]  # read once: a thread's update cannot mix two traces
-        if last[0] != ctx.trace_id:
-            last = _last_exemplar[0] = (ctx.trace_id, {"trace_id": format(ctx.trace_id, "032x")})
+        if last[0] != trace_id:
+            last = _last_exemplar[0] = (trace_id, {"trace_id": format(trace_id, "032x")})
         return last[1]
     return None
+
+
+_SAMPLED = int(trace.TraceFlags.SAMPLED)
 
 
 _last_exemplar: list[tuple[int, dict[str, str]]] = [(0, {})]  # (trace id, its exemplar labels)
@@ -455,13 +461,32 @@ def inject(carrier: dict[str, str], span: Span | None = None) -> None:
         return
     span_context = (trace.get_current_span() if span is None else span).get_span_context()
     if span_context != trace.INVALID_SPAN_CONTEXT:
-        carrier["traceparent"] = (
-            f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}"
-            f"-{span_context.trace_flags:02x}"
-        )
-        if span_context.trace_state:
-            carrier["tracestate"] = span_context.trace_state.to_header()
-    baggage.inject(carrier)  # the active context's baggage, whatever the span
+        # a SpanContext is the tuple (trace id, span id, is remote, flags, trace state, is
+        # valid): its fields unpacked at once, not read through a property each
+        trace_id, span_id, _, flags, trace_state, _ = span_context
+        carrier["traceparent"] = _traceparent(trace_id, span_id, flags)
+        if trace_state is not _NO_TRACE_STATE and trace_state:
+            carrier["tracestate"] = trace_state.to_header()
+    if not _BAGGAGE_KEY or context_api.get_value(_BAGGAGE_KEY):
+        baggage.inject(carrier)  # the active context's baggage, whatever the span
+
+
+# the API keeps a context's baggage under this key (the baggage propagator writes nothing
+# without it); unknown, the propagator is asked every time
+_BAGGAGE_KEY: str = getattr(baggage_api, "_BAGGAGE_KEY", "")
+_NO_TRACE_STATE = trace.DEFAULT_TRACE_STATE
+_FLAGS_FIELD = tuple(f"-{flags:02x}" for flags in range(256))
+
+
+def _traceparent(trace_id: int, span_id: int, flags: int) -> str:
+    """`00-{trace_id:032x}-{span_id:016x}-{flags:02x}`, with bytes.hex for the ids (a third of
+    the instructions of formatting them), for ids and flags that fit their fields."""
+    if trace_id >> 128 or span_id >> 64 or not 0 <= flags < 256 or trace_id < 0 or span_id < 0:
+        return f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"
+    return (
+        "00-" + trace_id.to_bytes(16, "big").hex() + "-" + span_id.to_bytes(8, "big").hex()
+        + _FLAGS_FIELD[flags]
+    )  # fmt: skip
 
 
 def outgoing_headers(headers: Mapping[str, str] | None, span: Span | None = None) -> dict[str, str]:

@@ -39,7 +39,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler, TraceIdRatioBased
 from opentelemetry.sdk.util.instrumentation import InstrumentationInfo, InstrumentationScope
 from opentelemetry.semconv.attributes.exception_attributes import (
     EXCEPTION_ESCAPED,
@@ -61,6 +61,8 @@ _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
 # W3C Trace Context level 2's "random trace id" flag, where the API knows it
 _RANDOM: int = getattr(TraceFlags, "RANDOM_TRACE_ID", 0)
 _DEFAULT_SAMPLER = ParentBased(ALWAYS_ON).get_description()
+_TRACE_ID_LOW_64 = TraceIdRatioBased.TRACE_ID_LIMIT  # the bits a ratio sampler decides on
+_SAMPLED_BIT = int(TraceFlags.SAMPLED)
 _getrandbits = random.getrandbits
 _current_span = trace_api.get_current_span
 _span_context = cast(Any, partial(tuple.__new__, SpanContext))
@@ -359,17 +361,26 @@ class LeanTracer(trace_api.Tracer):
         parent: SpanContext | None = _current_span(context).get_span_context()
         if parent is not None and not isinstance(parent, SpanContext):
             raise TypeError("parent_span_context must be a SpanContext or None.")
-        if parent is None or not parent.is_valid:
+        # a SpanContext is the tuple (trace id, span id, is remote, flags, trace state, is
+        # valid): read by index, not through a property each
+        if parent is None or not parent[5]:
             parent = None
             trace_id = provider.new_trace_id()
             random_id = provider.random_ids
+            parent_flags = 0
         else:
-            trace_id = parent.trace_id
-            random_id = bool(parent.trace_flags & _RANDOM) if _RANDOM else False
+            trace_id = parent[0]
+            parent_flags = parent[3]
+            random_id = bool(parent_flags & _RANDOM) if _RANDOM else False
         trace_state: TraceState | None
-        if provider.default_sampler:  # ParentBased(ALWAYS_ON), without asking it
-            sampled = parent is None or parent.trace_flags.sampled
-            trace_state = parent.trace_state if parent is not None else None
+        if provider.default_sampler:  # ParentBased(ALWAYS_ON or a ratio), without asking it
+            if parent is None:
+                bound = provider.root_bound
+                sampled = bound is None or (trace_id & _TRACE_ID_LOW_64) < bound
+                trace_state = None
+            else:
+                sampled = bool(parent_flags & _SAMPLED_BIT)
+                trace_state = parent[4]
             recording = sampled
             sampler_attributes: types.Attributes = attributes if sampled else None
         else:
@@ -473,10 +484,19 @@ class LeanTracerProvider(trace_api.TracerProvider):
         self.sampler: Sampler = sdk.sampler
         self.limits: SpanLimits = span_limits or SpanLimits()
         self.id_generator: IdGenerator = sdk.id_generator
-        self.default_sampler = (
-            isinstance(self.sampler, ParentBased)
-            and self.sampler.get_description() == _DEFAULT_SAMPLER
+        # ParentBased(ALWAYS_ON), the default, or ParentBased(TraceIdRatioBased(rate)) (what
+        # OTEL_TRACES_SAMPLER=parentbased_traceidratio makes) with the default delegates: the
+        # decision is made inline, without the sampler's result objects (`start_span`)
+        self.root_bound: int | None = None
+        self.default_sampler = isinstance(self.sampler, ParentBased) and (
+            self.sampler.get_description() == _DEFAULT_SAMPLER
         )
+        root = getattr(self.sampler, "_root", None)
+        if isinstance(self.sampler, ParentBased) and type(root) is TraceIdRatioBased:
+            ratio = ParentBased(TraceIdRatioBased(root.rate)).get_description()
+            if self.sampler.get_description() == ratio:
+                self.default_sampler = True
+                self.root_bound = root.bound
         self.random_ids = self.id_generator.is_trace_id_random()
         self.fast_ids = fast_ids = type(self.id_generator) is RandomIdGenerator
         self.new_trace_id = _random_trace_id if fast_ids else self.id_generator.generate_trace_id

@@ -646,9 +646,11 @@ def test_idle_sweep_makes_no_span_and_a_sweep_that_cancels_makes_one(
         SpanContext(0x1234, 0x5678, True, TraceFlags(0)),
         SpanContext(2**128 - 1, 2**64 - 1, False, TraceFlags(3),
                     TraceState([("vendor", "v1"), ("other", "x")])),  # fmt: skip
+        SpanContext(0x1234, 0x5678, False, TraceFlags(1), TraceState()),
+        SpanContext(2**128 + 5, 2**64 + 1, False, TraceFlags(1)),  # ids too wide for the fields
         trace.INVALID_SPAN_CONTEXT,
     ],
-    ids=["sampled", "unsampled", "tracestate", "invalid"],
+    ids=["sampled", "unsampled", "tracestate", "empty tracestate", "ids too wide", "invalid"],
 )
 @pytest.mark.parametrize("with_baggage", [False, True])
 def test_inject_writes_what_the_default_propagators_write(

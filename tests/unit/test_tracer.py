@@ -308,6 +308,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "always on": {"sampler": ALWAYS_ON},
     "ratio": {"sampler": TraceIdRatioBased(0.5)},
     "parent based ratio": {"sampler": ParentBased(TraceIdRatioBased(0.3))},
+    "parent based ratio, a tenth": {"sampler": ParentBased(TraceIdRatioBased(0.1))},
+    "parent based ratio, other delegates": {
+        "sampler": ParentBased(TraceIdRatioBased(0.5), remote_parent_not_sampled=ALWAYS_ON)
+    },
     "parent based off": {"sampler": ParentBased(ALWAYS_OFF)},
 }
 
