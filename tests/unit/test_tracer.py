@@ -438,3 +438,15 @@ def test_the_services_tracing_is_on_lean_spans() -> None:
     provider = trace.get_tracer_provider()
     assert isinstance(provider, LeanTracerProvider)
     assert provider.resource.attributes["service.name"]
+
+
+def test_the_span_context_layout_the_services_read_by_index() -> None:
+    """services/common (tracer, telemetry, otlp) read a SpanContext's fields by index:
+    (trace id, span id, is remote, flags, trace state, is valid). A new API that changed
+    the tuple would fail here first."""
+    state = TraceState([("vendor", "v1")])
+    context = SpanContext(7, 8, True, TraceFlags(1), state)
+    assert tuple(context) == (7, 8, True, TraceFlags(1), state, True)
+    assert (context[0], context[1], context[2]) == (context.trace_id, context.span_id, True)
+    assert (context[3], context[4], context[5]) == (context.trace_flags, state, context.is_valid)
+    assert trace.INVALID_SPAN_CONTEXT[5] is False
