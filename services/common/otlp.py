@@ -30,11 +30,17 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanKind
-from opentelemetry.trace.span import DEFAULT_TRACE_STATE as _NO_TRACE_STATE
 from opentelemetry.trace.span import SpanContext
 
-from services.common.tracer import _UNSET as _UNSET_STATUS
-from services.common.tracer import LeanSpan
+from services.common.tracer import (
+    IS_REMOTE,
+    NO_TRACE_STATE,
+    SPAN_ID,
+    TRACE_ID,
+    TRACE_STATE,
+    UNSET_STATUS,
+    LeanSpan,
+)
 
 _logger = logging.getLogger(__name__)
 _sdk_logger = logging.getLogger("opentelemetry.exporter.otlp.proto.http.trace_exporter")
@@ -229,18 +235,18 @@ def _encode_span(
 ) -> bytes:
     if context is None:  # the SDK's encoder fails the batch on it too
         raise ValueError(f"span {name!r} has no span context")
-    # SpanContext tuples read by index: (trace id, span id, is remote, flags, state, valid)
+    # SpanContext tuples read by index (services/common/tracer.py)
     parts = [
         b"\x0a\x10"
-        + context[0].to_bytes(16, "big")
+        + context[TRACE_ID].to_bytes(16, "big")
         + b"\x12\x08"
-        + context[1].to_bytes(8, "big")
+        + context[SPAN_ID].to_bytes(8, "big")
     ]
-    trace_state = context[4]
-    if trace_state is not _NO_TRACE_STATE and trace_state:  # an empty one joins to "": left out
+    trace_state = context[TRACE_STATE]
+    if trace_state is not NO_TRACE_STATE and trace_state:  # an empty one joins to "": left out
         parts.append(_string(b"\x1a", ",".join([f"{k}={v}" for k, v in trace_state.items()])))
     if parent:
-        parts.append(b"\x22\x08" + parent[1].to_bytes(8, "big"))
+        parts.append(b"\x22\x08" + parent[SPAN_ID].to_bytes(8, "big"))
     name_field = _NAMES.get(name)
     if name_field is None:
         if len(_NAMES) >= _NAMES_KEPT:
@@ -263,7 +269,7 @@ def _encode_span(
         parts.append(_delimited(b"\x6a", _link(link)))
     if dropped_links:
         parts.append(b"\x70" + _varint(dropped_links))
-    if status is _UNSET_STATUS:  # the lean spans' own: most spans' status
+    if status is UNSET_STATUS:  # the lean spans' own: most spans' status
         parts.append(_STATUS_CODE_ONLY[0])
     elif status is not None:
         code = status.status_code.value
@@ -274,7 +280,7 @@ def _encode_span(
             parts.append(_STATUS_CODE_ONLY[code])
     # flags: field 16, fixed32
     parts.append(
-        b"\x85\x01" + (_FLAGS_REMOTE if parent is not None and parent[2] else _FLAGS_LOCAL)
+        b"\x85\x01" + (_FLAGS_REMOTE if parent is not None and parent[IS_REMOTE] else _FLAGS_LOCAL)
     )
     return b"".join(parts)
 

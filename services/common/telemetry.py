@@ -66,7 +66,14 @@ from prometheus_client.samples import Exemplar
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.settings import SettingsError
-from services.common.tracer import LeanTracerProvider
+from services.common.tracer import (
+    FLAGS,
+    IS_VALID,
+    NO_TRACE_STATE,
+    SAMPLED_BIT,
+    TRACE_ID,
+    LeanTracerProvider,
+)
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -300,17 +307,14 @@ def exemplar_for(span: Span | None = None) -> dict[str, str] | None:
     client observations share them.
     """
     ctx = (trace.get_current_span() if span is None else span).get_span_context()
-    # the SpanContext tuple by index: (trace id, span id, is remote, flags, trace state, valid)
-    if ctx[5] and ctx[3] & _SAMPLED:
-        trace_id = ctx[0]
+    if ctx[IS_VALID] and ctx[FLAGS] & SAMPLED_BIT:  # by index: services/common/tracer.py
+        trace_id = ctx[TRACE_ID]
         last = _last_exemplar[0]  # read once: a thread's update cannot mix two traces
         if last[0] != trace_id:
             last = _last_exemplar[0] = (trace_id, {"trace_id": format(trace_id, "032x")})
         return last[1]
     return None
 
-
-_SAMPLED = int(trace.TraceFlags.SAMPLED)
 
 
 _last_exemplar: list[tuple[int, dict[str, str]]] = [(0, {})]  # (trace id, its exemplar labels)
@@ -461,11 +465,10 @@ def inject(carrier: dict[str, str], span: Span | None = None) -> None:
         return
     span_context = (trace.get_current_span() if span is None else span).get_span_context()
     if span_context != trace.INVALID_SPAN_CONTEXT:
-        # a SpanContext is the tuple (trace id, span id, is remote, flags, trace state, is
-        # valid): its fields unpacked at once, not read through a property each
+        # unpacked at once, not read through a property each (services/common/tracer.py)
         trace_id, span_id, _, flags, trace_state, _ = span_context
         carrier["traceparent"] = _traceparent(trace_id, span_id, flags)
-        if trace_state is not _NO_TRACE_STATE and trace_state:
+        if trace_state is not NO_TRACE_STATE and trace_state:
             carrier["tracestate"] = trace_state.to_header()
     if not _BAGGAGE_KEY or context_api.get_value(_BAGGAGE_KEY):
         baggage.inject(carrier)  # the active context's baggage, whatever the span
@@ -474,7 +477,6 @@ def inject(carrier: dict[str, str], span: Span | None = None) -> None:
 # the API keeps a context's baggage under this key (the baggage propagator writes nothing
 # without it); unknown, the propagator is asked every time
 _BAGGAGE_KEY: str = getattr(baggage_api, "_BAGGAGE_KEY", "")
-_NO_TRACE_STATE = trace.DEFAULT_TRACE_STATE
 _FLAGS_FIELD = tuple(f"-{flags:02x}" for flags in range(256))
 
 

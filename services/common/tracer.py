@@ -31,7 +31,7 @@ import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
 from time import time_ns
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from opentelemetry import trace as trace_api
 from opentelemetry.attributes import BoundedAttributes, _clean_attribute_value
@@ -48,21 +48,31 @@ from opentelemetry.semconv.attributes.exception_attributes import (
     EXCEPTION_TYPE,
 )
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
-from opentelemetry.trace.span import DEFAULT_TRACE_STATE as _NO_STATE
-from opentelemetry.trace.span import TraceState
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE, TraceState
 from opentelemetry.util import types
 from opentelemetry.util._decorator import _agnosticcontextmanager
 
 _logger = logging.getLogger(__name__)
 
-_UNSET = Status(StatusCode.UNSET)
+UNSET_STATUS = Status(StatusCode.UNSET)  # every lean span's status until one is set
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
 # W3C Trace Context level 2's "random trace id" flag, where the API knows it
 _RANDOM: int = getattr(TraceFlags, "RANDOM_TRACE_ID", 0)
 _DEFAULT_SAMPLER = ParentBased(ALWAYS_ON).get_description()
 _TRACE_ID_LOW_64 = TraceIdRatioBased.TRACE_ID_LIMIT  # the bits a ratio sampler decides on
-_SAMPLED_BIT = int(TraceFlags.SAMPLED)
+# A SpanContext is the tuple (trace id, span id, is remote, flags, trace state, is valid). The
+# hot paths (here, services.common.telemetry and .otlp) read it by these indexes: a property
+# costs ~400 instructions on this interpreter (docs/perf.md); tests/unit/test_tracer.py pins
+# the layout.
+TRACE_ID: Final = 0
+SPAN_ID: Final = 1
+IS_REMOTE: Final = 2
+FLAGS: Final = 3
+TRACE_STATE: Final = 4
+IS_VALID: Final = 5
+SAMPLED_BIT = int(TraceFlags.SAMPLED)
+NO_TRACE_STATE = DEFAULT_TRACE_STATE  # the API's empty trace state, shared by its contexts
 _getrandbits = random.getrandbits
 _current_span = trace_api.get_current_span
 _span_context = cast(Any, partial(tuple.__new__, SpanContext))
@@ -97,7 +107,7 @@ class LeanSpan(trace_api.Span, ReadableSpan):
         self._events: list[Event] = []
         self._links: list[Link] = []
         self._resource = tracer.provider.resource
-        self._status = _UNSET
+        self._status = UNSET_STATUS
         self._limits = limits = tracer.provider.limits
         self._record_exception = record_exception
         self._set_status_on_exception = set_status_on_exception
@@ -361,16 +371,14 @@ class LeanTracer(trace_api.Tracer):
         parent: SpanContext | None = _current_span(context).get_span_context()
         if parent is not None and not isinstance(parent, SpanContext):
             raise TypeError("parent_span_context must be a SpanContext or None.")
-        # a SpanContext is the tuple (trace id, span id, is remote, flags, trace state, is
-        # valid): read by index, not through a property each
-        if parent is None or not parent[5]:
+        if parent is None or not parent[IS_VALID]:
             parent = None
             trace_id = provider.new_trace_id()
             random_id = provider.random_ids
             parent_flags = 0
         else:
-            trace_id = parent[0]
-            parent_flags = parent[3]
+            trace_id = parent[TRACE_ID]
+            parent_flags = parent[FLAGS]
             random_id = bool(parent_flags & _RANDOM) if _RANDOM else False
         trace_state: TraceState | None
         if provider.default_sampler:  # ParentBased(ALWAYS_ON or a ratio), without asking it
@@ -379,8 +387,8 @@ class LeanTracer(trace_api.Tracer):
                 sampled = bound is None or (trace_id & _TRACE_ID_LOW_64) < bound
                 trace_state = None
             else:
-                sampled = bool(parent_flags & _SAMPLED_BIT)
-                trace_state = parent[4]
+                sampled = bool(parent_flags & SAMPLED_BIT)
+                trace_state = parent[TRACE_STATE]
             recording = sampled
             sampler_attributes: types.Attributes = attributes if sampled else None
         else:
@@ -401,7 +409,7 @@ class LeanTracer(trace_api.Tracer):
                     provider.new_span_id(),
                     False,
                     flags,
-                    _NO_STATE if trace_state is None else trace_state,
+                    NO_TRACE_STATE if trace_state is None else trace_state,
                     True,
                 )
             )

@@ -441,12 +441,17 @@ def test_the_services_tracing_is_on_lean_spans() -> None:
 
 
 def test_the_span_context_layout_the_services_read_by_index() -> None:
-    """services/common (tracer, telemetry, otlp) read a SpanContext's fields by index:
-    (trace id, span id, is remote, flags, trace state, is valid). A new API that changed
-    the tuple would fail here first."""
+    """services/common (tracer, telemetry, otlp) read a SpanContext's fields by the indexes
+    tracer.py names. A new API that changed the tuple would fail here first."""
     state = TraceState([("vendor", "v1")])
     context = SpanContext(7, 8, True, TraceFlags(1), state)
     assert tuple(context) == (7, 8, True, TraceFlags(1), state, True)
-    assert (context[0], context[1], context[2]) == (context.trace_id, context.span_id, True)
-    assert (context[3], context[4], context[5]) == (context.trace_flags, state, context.is_valid)
-    assert trace.INVALID_SPAN_CONTEXT[5] is False
+    by_index = {
+        tracer.TRACE_ID: context.trace_id, tracer.SPAN_ID: context.span_id,
+        tracer.IS_REMOTE: context.is_remote, tracer.FLAGS: context.trace_flags,
+        tracer.TRACE_STATE: context.trace_state, tracer.IS_VALID: context.is_valid,
+    }  # fmt: skip
+    assert all(context[index] == value for index, value in by_index.items())
+    assert sorted(by_index) == list(range(6))
+    assert trace.INVALID_SPAN_CONTEXT[tracer.IS_VALID] is False
+    assert SpanContext(1, 2, False).trace_state is tracer.NO_TRACE_STATE
