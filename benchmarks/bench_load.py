@@ -10,7 +10,11 @@ budget (under four minutes each), against the same stack.  `workers_2_over_1` is
 ratio: where the stack is not the limit (`limited_by_*`), two workers must give >= 1.5x one.
 Where the stack and Locust share the machine's cores and use them all, both series stop at
 the machine's limit (`limited_by_*` names it, with each one's cores) and the ratio is ~1: it
-shows Locust's scaling only on a machine with cores to spare for the stack.
+shows Locust's scaling only on a machine with cores to spare for the stack.  So both series
+run once more against the null stack (`benchmarks/trivial_server.py --null-stack`: the three
+calls of a paid journey answered from memory, ~0.3 ms of CPU a journey), where Locust is the
+limit: `peak_journeys_per_s_null_*` is the most journeys/s a step of each series completed,
+and `workers_2_over_1_null_stack` their ratio, the load generator's own scaling.
 
 Every user starts its first journey the moment it is spawned, so users are spawned at the
 target rate (all of them within one pace period): their journeys are spread evenly over the
@@ -39,6 +43,7 @@ from typing import Any
 
 from benchmarks import proc_cpu
 from benchmarks.journeys import stack_pids
+from benchmarks.trivial_server import TrivialServer
 from chaosbed.proc import free_port
 from chaosbed.stack import Stack
 from faults.scenario import JOURNEY_PATHS
@@ -49,6 +54,9 @@ STEP_S = 12.0  # load duration of one step: two pace periods to spawn, three mea
 # target journeys/s, stepped up until a step falls short: since Toxiproxy's sysmon stays
 # awake (docs/perf.md) the stack and one worker sustain 480 on 2 cores, so the steps go on
 RATES = (20, 40, 80, 160, 240, 320, 480, 640, 960)
+# against the null stack (benchmarks/trivial_server.py) Locust is the limit: finer steps
+# from where one worker is comfortable to beyond what two can reach on 2 cores
+NULL_RATES = (480, 800, 1120, 1440, 1920, 2400, 2880)
 SUSTAINED = 0.9  # achieved / target
 SERIES_BUDGET_S = 220.0  # per worker count
 BUSY_MACHINE = 0.9  # stack + Locust cores over the machine's: the machine is the limit
@@ -124,7 +132,11 @@ def _run_sampled(
     return samples
 
 
-def run_step(stack: Stack, rate: int, workers: int, run_dir: Path) -> dict[str, Any]:
+def run_step(
+    stack_info: dict[str, Any], pids: dict[str, int], rate: int, workers: int, run_dir: Path
+) -> dict[str, Any]:
+    """One step at `rate` journeys/s against the stack described by `stack_info` (its
+    stack.json), whose processes `pids` are sampled for their CPU."""
     users = max(8, USERS_PER_RATE * rate)
     pace_s = users / rate
     load = {
@@ -139,10 +151,9 @@ def run_step(stack: Stack, rate: int, workers: int, run_dir: Path) -> dict[str, 
     }
     run_dir.mkdir(parents=True)
     argv, env = locust_command(
-        stack_info=stack.info, load=load, duration_s=STEP_S, seed=1, run_dir=run_dir,
+        stack_info=stack_info, load=load, duration_s=STEP_S, seed=1, run_dir=run_dir,
         workers=workers, master_port=free_port() if workers else None,
     )
-    pids = stack_pids(stack)
     samples = _run_sampled(argv, env, pids, run_dir / "locust.log")
     progress = json.loads((run_dir / "load_progress.json").read_text())
     load_start, paid_at = journey_times(read_history(run_dir / "history.ndjson"))
@@ -190,7 +201,7 @@ def run_step(stack: Stack, rate: int, workers: int, run_dir: Path) -> dict[str, 
     }
 
 
-def _limit(steps: list[dict[str, Any]], cores: int | None = None) -> str:
+def _limit(steps: list[dict[str, Any]], cores: int | None = None, workers: int = 0) -> str:
     """Why the stepping stopped: the generator's CPU, the machine (the stack and Locust
     together on every core), the stack falling behind with cores to spare, or the budget."""
     last = steps[-1] if steps else None
@@ -201,6 +212,10 @@ def _limit(steps: list[dict[str, Any]], cores: int | None = None) -> str:
     if last["cpu_warning"]:
         return "load generator CPU (Locust warning)"
     cores = cores or len(os.sched_getaffinity(0))  # the cores this process may run on
+    locust = last.get("locust_cores", 0.0)
+    if workers and locust >= BUSY_MACHINE * workers and workers < cores:
+        # each worker is one process on one core: all of them busy, with cores to spare
+        return f"load generator CPU: Locust {locust} cores with {workers} worker(s)"
     used = last.get("stack_cores", 0.0) + last.get("locust_cores", 0.0)
     if used >= BUSY_MACHINE * cores:
         return (
@@ -210,35 +225,71 @@ def _limit(steps: list[dict[str, Any]], cores: int | None = None) -> str:
     return "the stack (no generator CPU warning)"
 
 
+def run_series(
+    stack_info: dict[str, Any], pids: dict[str, int], workers: int, rates: tuple[int, ...],
+    work: Path, label: str = "",
+) -> dict[str, Any]:
+    """Steps up `rates` with `workers` Locust workers until one falls short twice (or the
+    series' time budget ends); the figures of the series, named with `label`."""
+    deadline = time.monotonic() + SERIES_BUDGET_S
+    steps: list[dict[str, Any]] = []
+    for rate in rates:
+        for attempt in range(1 + RETRIES):
+            if time.monotonic() + STEP_S + 10 > deadline:
+                break
+            step_dir = work / f"{label}w{workers}-r{rate}-{attempt}"
+            step = run_step(stack_info, pids, rate, workers, step_dir)
+            steps.append(step)
+            if step["sustained"]:
+                break
+        if not steps or not steps[-1]["sustained"]:
+            break
+    best = max((s["target"] for s in steps if s["sustained"]), default=0)
+    suffix = f"{label}{workers}_worker{'s' if workers > 1 else ''}"
+    measured = [s for s in steps if s["sustained"]] or steps[-1:]
+    key = f"locust_cpu_ms_per_journey_{suffix}"
+    if not label and workers == 1:
+        key = "locust_cpu_ms_per_journey"  # the name the issue gave it
+    peak = max((s.get("journeys_per_s") or 0.0 for s in steps), default=0.0)
+    return {
+        f"max_journeys_per_s_{suffix}": best,
+        # the most journeys/s any step completed: past the last sustained step, what the
+        # load generator reached when it fell short (steps are coarse)
+        f"peak_journeys_per_s_{suffix}": peak,
+        f"limited_by_{suffix}": _limit(steps, workers=workers),
+        key: measured[-1].get("locust_cpu_ms_per_journey") if measured else None,
+        f"steps_{suffix}": steps,
+    }
+
+
+def null_stack_info(url: str, run_dir: Path) -> dict[str, Any]:
+    """A stack.json's fields Locust reads, both pointing at the null stack: no proxy."""
+    return {
+        "run_dir": str(run_dir),
+        "proxies": {name: {"url": url} for name in ("client_order", "client_channel")},
+    }
+
+
 def main() -> dict[str, Any]:
     results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp, Stack.start(
-        Path(tmp) / "stack"
-    ) as stack:
-        for workers in (1, 2):
-            deadline = time.monotonic() + SERIES_BUDGET_S
-            steps: list[dict[str, Any]] = []
-            for rate in RATES:
-                for attempt in range(1 + RETRIES):
-                    if time.monotonic() + STEP_S + 10 > deadline:
-                        break
-                    step_dir = Path(tmp) / f"w{workers}-r{rate}-{attempt}"
-                    step = run_step(stack, rate, workers, step_dir)
-                    steps.append(step)
-                    if step["sustained"]:
-                        break
-                if not steps or not steps[-1]["sustained"]:
-                    break
-            best = max((s["target"] for s in steps if s["sustained"]), default=0)
-            suffix = f"{workers}_worker{'s' if workers > 1 else ''}"
-            results[f"max_journeys_per_s_{suffix}"] = best
-            results[f"limited_by_{suffix}"] = _limit(steps)
-            measured = [s for s in steps if s["sustained"]] or steps[-1:]
-            key = "locust_cpu_ms_per_journey" + ("" if workers == 1 else f"_{suffix}")
-            results[key] = measured[-1].get("locust_cpu_ms_per_journey") if measured else None
-            results[f"steps_{suffix}"] = steps
-    one, two = results["max_journeys_per_s_1_worker"], results["max_journeys_per_s_2_workers"]
-    results["workers_2_over_1"] = round(two / one, 2) if one else None
+    with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
+        work = Path(tmp)
+        with Stack.start(work / "stack") as stack:
+            for workers in (1, 2):
+                results.update(run_series(stack.info, stack_pids(stack), workers, RATES, work))
+        one, two = results["max_journeys_per_s_1_worker"], results["max_journeys_per_s_2_workers"]
+        results["workers_2_over_1"] = round(two / one, 2) if one else None
+        # the same two series against a stack that costs next to nothing: Locust's own
+        # scaling, which the bundled stack on a 2-core machine cannot show
+        with TrivialServer(free_port(), work / "null-stack.log", null_stack=True) as null:
+            info = null_stack_info(null.url, work)
+            for workers in (1, 2):
+                results.update(
+                    run_series(info, {"null_stack": null.pid}, workers, NULL_RATES, work, "null_")
+                )
+        one = results["peak_journeys_per_s_null_1_worker"]
+        two = results["peak_journeys_per_s_null_2_workers"]
+        results["workers_2_over_1_null_stack"] = round(two / one, 2) if one else None
     return results
 
 

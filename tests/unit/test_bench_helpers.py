@@ -203,6 +203,9 @@ def test_a_step_with_every_core_busy_names_the_machine_as_the_limit() -> None:
     assert _limit([spare], cores=2) == "the stack (no generator CPU warning)"
     assert _limit([busy], cores=4) == "the stack (no generator CPU warning)"
     assert _limit([{**busy, "sustained": True}], cores=2) == "time budget / highest step"
+    one_worker = {**short, "stack_cores": 0.3, "locust_cores": 1.05}
+    assert _limit([one_worker], cores=2, workers=1).startswith("load generator CPU: Locust 1.05")
+    assert _limit([one_worker], cores=2, workers=2) == "the stack (no generator CPU warning)"
 
 
 def test_a_journey_counts_once_paid_and_seen_paid() -> None:
@@ -221,6 +224,82 @@ def test_a_journey_counts_once_paid_and_seen_paid() -> None:
         rec("pay", "ok", "c", 2.3),  # never seen PAID
     ]
     assert journey_times(history) == (1.0, [2.9])
+
+
+def test_a_series_stops_after_a_step_falls_short_twice_and_keeps_its_peak(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from benchmarks import bench_load
+
+    achieved = {480: 481.0, 800: 802.0, 1120: 1003.5}  # one worker tops out near 1000
+    ran: list[int] = []
+
+    def step(info: dict, pids: dict, rate: int, workers: int, run_dir: Path) -> dict:
+        ran.append(rate)
+        got = achieved[rate]
+        return {"target": rate, "journeys_per_s": got, "sustained": got >= 0.9 * rate,
+                "cpu_warning": False, "stack_cores": 0.3, "locust_cores": 1.05,
+                "locust_cpu_ms_per_journey": 1.0}  # fmt: skip
+
+    monkeypatch.setattr(bench_load, "run_step", step)
+    figures = bench_load.run_series({}, {}, 1, (480, 800, 1120, 1440), tmp_path, "null_")
+    assert ran == [480, 800, 1120, 1120]  # the short step retried once, then the series ends
+    assert figures["max_journeys_per_s_null_1_worker"] == 800
+    assert figures["peak_journeys_per_s_null_1_worker"] == 1003.5
+    assert figures["locust_cpu_ms_per_journey_null_1_worker"] == 1.0
+    assert figures["limited_by_null_1_worker"] == (
+        "load generator CPU: Locust 1.05 cores with 1 worker(s)"
+    )
+
+
+# --- the null stack (benchmarks/trivial_server.py --null-stack) ----------------------------
+
+
+def test_the_null_stack_answers_a_paid_journey_as_the_bundled_adapter_reads_it() -> None:
+    from fastapi.testclient import TestClient
+
+    from benchmarks.trivial_server import null_stack_app
+    from loadtests.adapters.bundled import order_view
+
+    client = TestClient(null_stack_app())
+    body = {"sku": "bench", "qty": 1, "amount": 250}
+    placed = client.post("/orders", json=body, headers={"Idempotency-Key": "k-1"})
+    assert placed.status_code == 201
+    order = order_view(placed.json())
+    assert (order.status, order.amount) == ("AWAITING_PAYMENT", 250)
+    again = client.post("/orders", json=body, headers={"Idempotency-Key": "k-1"})
+    assert (again.status_code, again.json()) == (200, placed.json())  # same key, same order
+    other = client.post("/orders", json=body, headers={"Idempotency-Key": "k-2"})
+    assert order_view(other.json()).order_id != order.order_id
+    assert client.get(f"/orders/{order.order_id}").json()["status"] == "AWAITING_PAYMENT"
+    paid = client.post(f"/payments/{order.payment_id}/pay", json={})
+    assert paid.status_code == 200 and paid.json()["txn_id"]
+    assert order_view(client.get(f"/orders/{order.order_id}").json()).status == "PAID"
+    assert client.get(f"/orders/{other.json()['order_id']}").json()["status"] == "AWAITING_PAYMENT"
+
+
+def test_the_null_stack_refuses_what_it_does_not_know() -> None:
+    from fastapi.testclient import TestClient
+
+    from benchmarks.trivial_server import null_stack_app
+
+    client = TestClient(null_stack_app())
+    no_key = client.post("/orders", json={"amount": 1})
+    assert no_key.status_code == 400 and "Idempotency-Key" in no_key.json()["detail"]
+    assert client.get("/orders/o-404").status_code == 404
+    assert client.post("/payments/pay-404/pay", json={}).status_code == 404
+    assert client.get("/healthz").status_code == 200
+
+
+def test_null_stack_info_points_the_orders_and_the_wallet_at_it(tmp_path: Path) -> None:
+    from benchmarks.bench_load import null_stack_info
+    from loadtests.runner import locust_command
+
+    info = null_stack_info("http://127.0.0.1:9", tmp_path)
+    argv, env = locust_command(stack_info=info, load={"users": 2, "spawn_rate": 2, "rate": 1},
+                               duration_s=1, seed=1, run_dir=tmp_path, workers=0)  # fmt: skip
+    assert argv[argv.index("--host") + 1] == "http://127.0.0.1:9"
+    assert env["CHAOSBED_CHANNEL_URL"] == "http://127.0.0.1:9"
 
 
 # --- cachegrind totals (bench_instructions) ------------------------------------------------
