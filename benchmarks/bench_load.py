@@ -216,7 +216,7 @@ def _limit(steps: list[dict[str, Any]], cores: int | None = None, workers: int =
     if workers and locust >= BUSY_MACHINE * workers and workers < cores:
         # each worker is one process on one core: all of them busy, with cores to spare
         return f"load generator CPU: Locust {locust} cores with {workers} worker(s)"
-    used = last.get("stack_cores", 0.0) + last.get("locust_cores", 0.0)
+    used = last.get("stack_cores", 0.0) + locust
     if used >= BUSY_MACHINE * cores:
         return (
             f"the machine: the stack {last.get('stack_cores')} and Locust "
