@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import statistics
 from pathlib import Path
 
 import pytest
 
-from benchmarks import bench_instructions, history_seed, proc_cpu
+from benchmarks import bench_history, bench_instructions, history_seed, proc_cpu
 
 # --- /proc/<pid>/stat --------------------------------------------------------------------
 
@@ -164,6 +165,28 @@ def test_copies_must_be_positive(tmp_path: Path) -> None:
 
 
 # --- Locust CPU per journey (bench_load) ---------------------------------------------------
+
+
+def test_history_ratio_is_taken_round_by_round() -> None:
+    # a slow minute halves round 2's history stack and round 3's both stacks
+    history, fresh = [450.0, 225.0, 225.0], [500.0, 500.0, 250.0]
+    ratios = bench_history.round_ratios(history, fresh)
+    assert ratios == pytest.approx([0.9, 0.45, 0.9])
+    assert statistics.median(ratios) == pytest.approx(0.9)
+    # the ratio of the medians, the figure before, made the two slow halves one 0.45
+    assert statistics.median(history) / statistics.median(fresh) == pytest.approx(0.45)
+
+
+@pytest.mark.parametrize(
+    ("history", "fresh", "problem"),
+    [([1.0], [1.0, 2.0], "as many history as fresh"), ([], [], "as many"),
+     ([1.0], [0.0], "completed no journeys")],
+)
+def test_history_rounds_that_cannot_be_paired_are_refused(
+    history: list[float], fresh: list[float], problem: str
+) -> None:
+    with pytest.raises(ValueError, match=problem):
+        bench_history.round_ratios(history, fresh)
 
 
 def test_window_delta_takes_the_samples_inside_the_window() -> None:
