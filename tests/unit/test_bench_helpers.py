@@ -164,16 +164,13 @@ def test_copies_must_be_positive(tmp_path: Path) -> None:
         history_seed.clone_database(tmp_path / "x.db", 0)
 
 
-# --- Locust CPU per journey (bench_load) ---------------------------------------------------
-
-
 def test_history_ratio_is_taken_round_by_round() -> None:
     # a slow minute halves round 2's history stack and round 3's both stacks
     history, fresh = [450.0, 225.0, 225.0], [500.0, 500.0, 250.0]
     ratios = bench_history.round_ratios(history, fresh)
     assert ratios == pytest.approx([0.9, 0.45, 0.9])
     assert statistics.median(ratios) == pytest.approx(0.9)
-    # the ratio of the medians, the figure before, made the two slow halves one 0.45
+    # the figure before, the ratio of the two medians, reads 0.45 from the same rounds
     assert statistics.median(history) / statistics.median(fresh) == pytest.approx(0.45)
 
 
@@ -187,6 +184,9 @@ def test_history_rounds_that_cannot_be_paired_are_refused(
 ) -> None:
     with pytest.raises(ValueError, match=problem):
         bench_history.round_ratios(history, fresh)
+
+
+# --- Locust CPU per journey (bench_load) ---------------------------------------------------
 
 
 def test_window_delta_takes_the_samples_inside_the_window() -> None:
